@@ -1,0 +1,130 @@
+"""Contextual bandits (prompts ``s ~ rho``, one action, reward ``r[s, a]``); a bandit is ``S = 1``.
+
+THEORY.md section 1: the MDP with ``gamma = 0``, occupancy ``d = rho``, ``Q = r``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from entropy_sim import errors
+from entropy_sim.envs.base import Evaluation, float_dtype as _float, policy, soft_values
+
+Array = jax.Array
+
+NOISE_MODELS = ("deterministic", "bernoulli", "gaussian")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ContextualBandit:
+    """``S`` prompts with weights ``rho``, ``A`` actions, mean rewards ``r``.
+
+    ``noise`` says how a sampled reward is drawn around its mean (used by sampled algorithms):
+    exactly the mean, a Bernoulli with that mean (means in [0, 1]), or Gaussian with ``noise_std``.
+    """
+
+    r: Array          # [S, A] mean reward r[s, a]
+    rho: Array        # [S] prompt weights, sum to 1
+    noise_std: Array  # [] standard deviation of Gaussian reward noise
+    noise: str = dataclasses.field(default="deterministic", metadata=dict(static=True))
+
+    @property
+    def num_states(self) -> int:
+        return self.r.shape[-2]
+
+    @property
+    def num_actions(self) -> int:
+        return self.r.shape[-1]
+
+    @property
+    def num_prompts(self) -> int:
+        return self.num_states
+
+    @property
+    def horizon(self) -> Array:
+        """Expected episode length; the PG gradient carries ``horizon * d(s)``."""
+        return jnp.ones((), self.r.dtype)
+
+    def evaluate(self, theta: Array, tau: Array = 0.0) -> Evaluation:
+        """Exact evaluation of ``softmax(theta)``, ``theta: [S, A]``."""
+        pi, log_pi, ent = policy(theta)
+        success = jnp.sum(pi * self.r, axis=-1)
+        v, adv = soft_values(pi, log_pi, self.r, tau)
+        return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=self.rho, q=self.r, v=v, adv=adv,
+                          ret=self.rho @ success, ret_reg=self.rho @ v, success=success)
+
+    def correct_mask(self) -> Array:
+        """``[S, A]`` True for the best actions of each prompt (the correct answers)."""
+        return self.r >= jnp.max(self.r, axis=-1, keepdims=True)
+
+    def optimal_return(self) -> Array:
+        """``J* = sum_s rho(s) max_a r[s, a]``. ``[]``."""
+        return self.rho @ jnp.max(self.r, axis=-1)
+
+
+def contextual_bandit(r, rho=None, *, noise: str = "deterministic",
+                      noise_std: float = 1.0) -> ContextualBandit:
+    """A validated contextual bandit from a reward table ``r: [S][A]`` and weights ``rho: [S]``."""
+    r = errors.as_array("r", r, ndim=2)
+    if r.shape[1] < 2:
+        raise errors.ConfigError("r", f"needs at least 2 actions, got {r.shape[1]}")
+    if rho is None:
+        rho = np.full(r.shape[0], 1.0 / r.shape[0])
+    rho = errors.probabilities("rho", errors.as_array("rho", rho, ndim=1))
+    if rho.shape[0] != r.shape[0]:
+        raise errors.ConfigError("rho", f"has {rho.shape[0]} entries for {r.shape[0]} contexts")
+    _check_noise(noise, noise_std, r)
+    return ContextualBandit(r=jnp.asarray(r, _float()), rho=jnp.asarray(rho, _float()),
+                            noise_std=jnp.asarray(noise_std, _float()), noise=noise)
+
+
+def bandit(means, *, noise: str = "deterministic", noise_std: float = 1.0) -> ContextualBandit:
+    """A validated K-armed bandit with mean rewards ``means: [K]``."""
+    means = errors.as_array("means", means, ndim=1)
+    if means.shape[0] < 2:
+        raise errors.ConfigError("means", f"needs at least 2 arms, got {means.shape[0]}")
+    return contextual_bandit(means[None, :], noise=noise, noise_std=noise_std)
+
+
+def random_bandit(key: Array, arms: int, *, generator: str = "uniform", low: float = 0.0,
+                  high: float = 1.0, p: float = 0.5, loc: float = 0.0, scale: float = 1.0,
+                  contexts: int = 1, rho=None, num_correct: int = 1,
+                  noise: str = "deterministic", noise_std: float = 1.0) -> ContextualBandit:
+    """A (contextual) bandit with rewards drawn from ``generator``. Pure: vmap it over keys.
+
+    Generators of ``r[s, a]``: ``uniform`` on ``[low, high]``; ``bernoulli`` means in {0, 1} with
+    ``P(1) = p``; ``gaussian`` ``N(loc, scale^2)``; ``verifiable``: exactly ``num_correct``
+    actions of each prompt, chosen at random, have reward 1 (correct answers), the rest 0.
+    """
+    shape = (contexts, arms)
+    if generator == "uniform":
+        r = jax.random.uniform(key, shape, minval=low, maxval=high)
+    elif generator == "bernoulli":
+        r = jax.random.bernoulli(key, p, shape).astype(jnp.float32)
+    elif generator == "gaussian":
+        r = loc + scale * jax.random.normal(key, shape)
+    elif generator == "verifiable":
+        # The num_correct smallest of `arms` iid uniforms are a uniform random subset.
+        u = jax.random.uniform(key, shape)
+        rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+        r = (rank < num_correct).astype(jnp.float32)
+    else:
+        raise errors.ConfigError("generator", f"unknown bandit generator {generator!r}; "
+                                              f"choose from uniform, bernoulli, gaussian, verifiable")
+    rho = jnp.full((contexts,), 1.0 / contexts) if rho is None else jnp.asarray(rho)
+    return ContextualBandit(r=r.astype(_float()), rho=rho.astype(_float()),
+                            noise_std=jnp.asarray(noise_std, _float()), noise=noise)
+
+
+def _check_noise(noise: str, noise_std: float, r: np.ndarray) -> None:
+    if noise not in NOISE_MODELS:
+        raise errors.ConfigError("noise", f"unknown noise model {noise!r}; choose from "
+                                          f"{', '.join(NOISE_MODELS)}")
+    errors.number("noise_std", noise_std, low=0.0)
+    if noise == "bernoulli" and ((r < 0) | (r > 1)).any():
+        raise errors.ConfigError("noise", "bernoulli rewards need mean rewards in [0, 1]")

@@ -1,0 +1,161 @@
+"""Tabular discounted MDPs ``(P[s, a, s'], r[s, a], gamma, mu)`` with exact evaluation by linear solves."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from entropy_sim import errors
+from entropy_sim.envs.base import Evaluation, float_dtype, policy, soft_values
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TabularMDP:
+    """A discounted MDP. THEORY.md section 1:
+
+    ``V = (I - gamma P_pi)^-1 r_pi``, ``Q = r + gamma P V``, ``A = Q - V``,
+    ``d_mu = (1 - gamma) mu^T (I - gamma P_pi)^-1``, ``J = mu^T V``.
+    """
+
+    P: Array      # [S, A, S] transition probabilities P(s' | s, a)
+    r: Array      # [S, A] expected reward
+    gamma: Array  # [] discount in [0, 1)
+    mu: Array     # [S] start distribution
+
+    @property
+    def num_states(self) -> int:
+        return self.r.shape[-2]
+
+    @property
+    def num_actions(self) -> int:
+        return self.r.shape[-1]
+
+    @property
+    def num_prompts(self) -> int:
+        return 1
+
+    @property
+    def horizon(self) -> Array:
+        """``1 / (1 - gamma)``: the PG gradient carries ``d(s) / (1 - gamma)``."""
+        return 1.0 / (1.0 - self.gamma)
+
+    def evaluate(self, theta: Array, tau: Array = 0.0) -> Evaluation:
+        """Exact (soft) values and occupancy of ``softmax(theta)``, ``theta: [S, A]``.
+
+        One LU factorisation of ``I - gamma P_pi`` serves both solves.
+        """
+        pi, log_pi, ent = policy(theta)
+        p_pi = jnp.einsum("sa,sat->st", pi, self.P)
+        r_pi = jnp.sum(pi * self.r, axis=-1) + tau * ent
+        lu = jax.scipy.linalg.lu_factor(jnp.eye(self.num_states, dtype=p_pi.dtype) - self.gamma * p_pi)
+        v = jax.scipy.linalg.lu_solve(lu, r_pi)
+        occ = (1.0 - self.gamma) * jax.scipy.linalg.lu_solve(lu, self.mu, trans=1)
+        q = self.r + self.gamma * jnp.einsum("sat,t->sa", self.P, v)
+        v, adv = soft_values(pi, log_pi, q, tau)
+        ret_reg = self.mu @ v
+        ret = ret_reg - tau * self.horizon * (occ @ ent)
+        return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=occ, q=q, v=v, adv=adv,
+                          ret=ret, ret_reg=ret_reg, success=ret[None])
+
+
+def mdp(P, r, gamma, mu=None) -> TabularMDP:
+    """A validated MDP from nested lists or arrays: ``P: [S][A][S]``, ``r: [S][A]``, ``mu: [S]``."""
+    P = errors.as_array("P", P, ndim=3)
+    r = errors.as_array("r", r, ndim=2)
+    num_states, num_actions = r.shape
+    if num_actions < 2:
+        raise errors.ConfigError("r", f"needs at least 2 actions, got {num_actions}")
+    if P.shape != (num_states, num_actions, num_states):
+        raise errors.ConfigError("P", f"expected shape [S, A, S] = {[num_states, num_actions, num_states]} "
+                                      f"to match r, got {list(P.shape)}")
+    errors.probabilities("P", P)  # every P[s, a, :] is a distribution over next states
+    gamma = errors.number("gamma", gamma, low=0.0, high=1.0, high_open=True)
+    mu = np.full(num_states, 1.0 / num_states) if mu is None else errors.as_array("mu", mu, ndim=1)
+    if mu.shape[0] != num_states:
+        raise errors.ConfigError("mu", f"has {mu.shape[0]} entries for {num_states} states")
+    errors.probabilities("mu", mu)
+    dtype = float_dtype()
+    return TabularMDP(P=jnp.asarray(P, dtype), r=jnp.asarray(r, dtype),
+                      gamma=jnp.asarray(gamma, dtype), mu=jnp.asarray(mu, dtype))
+
+
+def load_npz(path) -> TabularMDP:
+    """An MDP from an ``.npz`` file holding arrays ``P``, ``r``, ``gamma`` and optionally ``mu``."""
+    try:
+        data = np.load(path)
+    except OSError as err:
+        raise errors.ConfigError("path", f"cannot read {str(path)!r}: {err}") from None
+    missing = [k for k in ("P", "r", "gamma") if k not in data]
+    if missing:
+        raise errors.ConfigError("path", f"{str(path)!r} lacks array(s) {', '.join(missing)}")
+    gamma = data["gamma"]
+    return mdp(data["P"], data["r"], float(gamma) if np.ndim(gamma) == 0 else gamma,
+               data["mu"] if "mu" in data else None)
+
+
+def garnet(key: Array, states: int, actions: int, branching: int, gamma: float) -> TabularMDP:
+    """A random Garnet MDP: every ``(s, a)`` moves to ``branching`` distinct random states with
+    probabilities from a uniform stick-breaking; rewards ``r[s, a] ~ U[0, 1]``; ``mu`` uniform.
+    Pure: vmap it over keys for one MDP per seed."""
+    k_next, k_prob, k_r = jax.random.split(key, 3)
+    # The `branching` smallest of S iid uniforms pick a uniform random subset of next states.
+    u = jax.random.uniform(k_next, (states, actions, states))
+    rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+    cuts = jnp.sort(jax.random.uniform(k_prob, (states, actions, branching - 1)), axis=-1)
+    edges = jnp.concatenate([jnp.zeros((states, actions, 1)), cuts,
+                             jnp.ones((states, actions, 1))], axis=-1)
+    probs = jnp.diff(edges, axis=-1)  # [S, A, branching], sums to 1
+    P = jnp.where(rank < branching, jnp.take_along_axis(probs, jnp.minimum(rank, branching - 1),
+                                                         axis=-1), 0.0)
+    r = jax.random.uniform(k_r, (states, actions))
+    dtype = float_dtype()
+    return TabularMDP(P=P.astype(dtype), r=r.astype(dtype), gamma=jnp.asarray(gamma, dtype),
+                      mu=jnp.full((states,), 1.0 / states, dtype))
+
+
+def chain(states: int, actions: int = 2, gamma: float = 0.9, distractor: float = 0.01) -> TabularMDP:
+    """A chain with a hard-to-find reward. Start in state 0; action 0 moves one state right,
+    every other action goes back to state 0. Action 0 in the last state stays there and pays 1;
+    going back from state 0 pays ``distractor`` (a small sure reward that tempts the policy).
+    Under the uniform policy the goal is reached with probability ``actions^-(states - 1)``."""
+    P = np.zeros((states, actions, states))
+    r = np.zeros((states, actions))
+    for s in range(states):
+        P[s, 0, min(s + 1, states - 1)] = 1.0
+        P[s, 1:, 0] = 1.0
+    r[states - 1, 0] = 1.0
+    r[0, 1:] = distractor
+    mu = np.eye(states)[0]
+    return mdp(P, r, gamma, mu)
+
+
+def gridworld(size: int, gamma: float = 0.9, slip: float = 0.0) -> TabularMDP:
+    """A ``size x size`` grid, actions up, down, left, right (walls keep you in place); start in the
+    top-left corner; the bottom-right corner is absorbing and pays 1 per step. With probability
+    ``slip`` a move goes in a uniformly random direction instead."""
+    moves = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    states = size * size
+    goal = states - 1
+    P = np.zeros((states, 4, states))
+    for s in range(states):
+        row, col = divmod(s, size)
+        targets = []
+        for dr, dc in moves:
+            nr, nc = row + dr, col + dc
+            targets.append(nr * size + nc if 0 <= nr < size and 0 <= nc < size else s)
+        for a in range(4):
+            if s == goal:
+                P[s, a, goal] = 1.0
+                continue
+            P[s, a, targets[a]] += 1.0 - slip
+            for t in targets:
+                P[s, a, t] += slip / 4
+    r = np.zeros((states, 4))
+    r[goal, :] = 1.0
+    return mdp(P, r, gamma, np.eye(states)[0])

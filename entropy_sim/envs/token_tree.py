@@ -1,0 +1,167 @@
+"""A toy autoregressive language model: a tree of prefixes with a verifiable reward at the leaves.
+
+Vocabulary ``V``, response length ``L``, ``P`` prompts. The states of one prompt are its prefixes
+``o_<t`` for ``t = 0..L-1`` (``(V^L - 1) / (V - 1)`` of them), actions are next tokens, transitions
+are deterministic, and a complete response ``o`` earns reward 1 if it is in the prompt's set of
+correct answers, else 0; ``gamma = 1``. THEORY.md section 1.
+
+Layout of ``theta: [S, V]`` with ``S = P * num_nodes``: prompt-major; within a prompt, level ``t``
+(prefixes of length ``t``) fills rows ``offset[t] .. offset[t] + V^t`` and the prefix
+``(o_0, ..., o_{t-1})`` is row ``offset[t] + sum_i o_i V^(t-1-i)``, so the children of a level-``t``
+row ``i`` are the level-``t+1`` rows ``i * V + a``: a reshape, no index tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from entropy_sim import errors
+from entropy_sim.envs.base import Evaluation, float_dtype, policy
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TokenTree:
+    """``P`` prompts over responses of ``length`` tokens from a vocabulary of ``vocab``."""
+
+    reward: Array  # [P, V^L] reward of each complete response, in sequence-index order
+    rho: Array     # [P] prompt weights, sum to 1
+    vocab: int = dataclasses.field(metadata=dict(static=True))
+    length: int = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def num_prompts(self) -> int:
+        return self.reward.shape[-2]
+
+    @property
+    def num_nodes(self) -> int:
+        """Prefixes per prompt: ``1 + V + ... + V^(L-1)``."""
+        return sum(self.vocab ** t for t in range(self.length))
+
+    @property
+    def num_states(self) -> int:
+        return self.num_prompts * self.num_nodes
+
+    @property
+    def num_actions(self) -> int:
+        return self.vocab
+
+    @property
+    def horizon(self) -> Array:
+        """Every response has ``L`` tokens: the PG gradient carries ``L * d(s)`` = visits."""
+        return jnp.asarray(self.length, self.reward.dtype)
+
+    def _levels(self, x: Array) -> list[Array]:
+        """Split ``[S, ...]`` rows into per-level blocks ``[P, V^t, ...]``, ``t = 0..L-1``."""
+        x = x.reshape((self.num_prompts, self.num_nodes) + x.shape[1:])
+        out, start = [], 0
+        for t in range(self.length):
+            out.append(x[:, start:start + self.vocab ** t])
+            start += self.vocab ** t
+        return out
+
+    def _flatten(self, levels: list[Array]) -> Array:
+        """Inverse of ``_levels``: ``[P, V^t, ...]`` blocks back to ``[S, ...]`` rows."""
+        x = jnp.concatenate(levels, axis=1)
+        return x.reshape((self.num_states,) + x.shape[2:])
+
+    def evaluate(self, theta: Array, tau: Array = 0.0) -> Evaluation:
+        """Exact evaluation by backward induction (values) and a forward pass (visit
+        probabilities), ``theta: [S, V]``. Cost ``O(S V)``."""
+        pi, log_pi, ent = policy(theta)
+        pi_l, log_pi_l = self._levels(pi), self._levels(log_pi)
+        num_p, vocab = self.num_prompts, self.vocab
+
+        q_l, v_l = [None] * self.length, [None] * self.length
+        value = self.reward  # [P, V^(t+1)] values of the level below
+        for t in reversed(range(self.length)):
+            q_l[t] = value.reshape(num_p, vocab ** t, vocab)
+            v_l[t] = jnp.sum(pi_l[t] * (q_l[t] - tau * log_pi_l[t]), axis=-1)
+            value = v_l[t]
+
+        reach_l = [jnp.ones((num_p, 1), pi.dtype)]
+        for t in range(self.length - 1):
+            reach_l.append((reach_l[t][..., None] * pi_l[t]).reshape(num_p, vocab ** (t + 1)))
+        reach = self._flatten(reach_l)  # [S] probability of visiting each prefix
+        prompt_w = jnp.repeat(self.rho, self.num_nodes, total_repeat_length=self.num_states)
+        occ = prompt_w * reach / self.length
+
+        q = self._flatten(q_l)
+        v = self._flatten(v_l)
+        adv = q - tau * log_pi - v[:, None]
+        v_root = v_l[0][:, 0]  # [P]
+        # Soft root value = P(correct) + tau * expected sum of per-token entropies.
+        ent_visits = jnp.sum((reach * ent).reshape(num_p, self.num_nodes), axis=-1)
+        success = v_root - tau * ent_visits
+        return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=occ, q=q, v=v, adv=adv,
+                          ret=self.rho @ success, ret_reg=self.rho @ v_root, success=success)
+
+    def correct_mask(self) -> Array:
+        """``[S, V]`` True where the next token can still lead to a correct answer."""
+        best = self.reward
+        mask_l = [None] * self.length
+        for t in reversed(range(self.length)):
+            child = best.reshape(self.num_prompts, self.vocab ** t, self.vocab)
+            mask_l[t] = child > 0
+            best = jnp.max(child, axis=-1)
+        return self._flatten(mask_l)
+
+    def optimal_return(self) -> Array:
+        """``J* = sum_p rho(p) max_o R(p, o)``. ``[]``."""
+        return self.rho @ jnp.max(self.reward, axis=-1)
+
+    def sequence_index(self, tokens) -> int:
+        """Index of a complete response (list of ``L`` token ids) in ``reward``'s last axis."""
+        return int(sum(int(o) * self.vocab ** (self.length - 1 - i) for i, o in enumerate(tokens)))
+
+
+def token_tree(vocab: int, length: int, answers, rho=None) -> TokenTree:
+    """A validated token tree; ``answers[p]`` lists the correct responses of prompt ``p``, each a
+    list of ``length`` token ids in ``[0, vocab)``."""
+    vocab = errors.integer("vocab", vocab, minimum=2)
+    length = errors.integer("length", length, minimum=1)
+    if not isinstance(answers, (list, tuple)) or not answers:
+        raise errors.ConfigError("answers", "expected a non-empty list (one list of answers per prompt)")
+    reward = np.zeros((len(answers), vocab ** length))
+    for p, prompt_answers in enumerate(answers):
+        if not isinstance(prompt_answers, (list, tuple)):
+            raise errors.ConfigError(f"answers[{p}]", "expected a list of responses")
+        for j, seq in enumerate(prompt_answers):
+            seq = errors.as_array(f"answers[{p}][{j}]", seq, ndim=1, dtype=np.float64)
+            if seq.shape[0] != length or (seq != np.round(seq)).any() or (seq < 0).any() \
+                    or (seq >= vocab).any():
+                raise errors.ConfigError(f"answers[{p}][{j}]", f"expected {length} token ids in "
+                                                               f"[0, {vocab}), got {seq.tolist()}")
+            reward[p, int(sum(int(o) * vocab ** (length - 1 - i) for i, o in enumerate(seq)))] = 1.0
+    num_prompts = reward.shape[0]
+    rho = np.full(num_prompts, 1.0 / num_prompts) if rho is None else errors.as_array("rho", rho, ndim=1)
+    if rho.shape[0] != num_prompts:
+        raise errors.ConfigError("rho", f"has {rho.shape[0]} entries for {num_prompts} prompts")
+    errors.probabilities("rho", rho)
+    dtype = float_dtype()
+    return TokenTree(reward=jnp.asarray(reward, dtype), rho=jnp.asarray(rho, dtype),
+                     vocab=vocab, length=length)
+
+
+def random_token_tree(key: Array, vocab: int, length: int, prompts: int = 1,
+                      num_correct: int = 1, rho=None) -> TokenTree:
+    """A token tree whose prompts each have ``num_correct`` distinct correct responses drawn
+    uniformly at random. Pure: vmap it over keys for one tree per seed."""
+    u = jax.random.uniform(key, (prompts, vocab ** length))
+    rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+    reward = (rank < num_correct).astype(float_dtype())
+    rho = jnp.full((prompts,), 1.0 / prompts) if rho is None else jnp.asarray(rho)
+    return TokenTree(reward=reward, rho=rho.astype(float_dtype()), vocab=vocab, length=length)
+
+
+def all_sequences(vocab: int, length: int) -> np.ndarray:
+    """Every response in sequence-index order. ``[V^L, L]`` int."""
+    return np.array(list(itertools.product(range(vocab), repeat=length)), dtype=np.int64).reshape(
+        vocab ** length, length)

@@ -1,0 +1,105 @@
+"""Figures: a shared style and the standard plots of a result folder.
+
+Style: Okabe-Ito colour-blind-safe palette, readable font sizes, bands (not spaghetti) for the
+spread over seeds, labelled axes with units (nats for entropy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; works on machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+STYLE = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
+    "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25, "figure.dpi": 110,
+    "savefig.dpi": 150, "savefig.bbox": "tight", "lines.linewidth": 1.6,
+    "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
+}
+
+LABELS = {
+    "entropy": "entropy H(π) [nats]",
+    "dH_realized": "realized ΔH [nats]",
+    "dH_pred_cov": "predicted ΔH = −Cov(log π, Δz) [nats]",
+    "return": "return J(π)",
+    "step": "step",
+}
+
+
+def style():
+    """``with style(): ...`` applies the shared matplotlib style."""
+    return plt.rc_context(STYLE)
+
+
+def grid_label(row: pd.Series | dict, keys) -> str:
+    return ", ".join(f"{k}={row[k]:g}" for k in keys) or "all seeds"
+
+
+def band_plot(ax, summary: pd.DataFrame, metric: str, keys, *, band: str = "quantile"):
+    """Mean over seeds against step, one line per grid point, with the 2.5-97.5% band over seeds
+    (``band="quantile"``) or the 95% confidence interval of the mean (``band="ci"``)."""
+    sub = summary[summary.metric == metric]
+    groups = sub.groupby(list(keys), sort=False) if keys else [((), sub)]
+    lo, hi = ("q025", "q975") if band == "quantile" else ("ci_low", "ci_high")
+    for i, (_, g) in enumerate(groups):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        ax.plot(g.step, g["mean"], color=colour, label=grid_label(g.iloc[0], keys))
+        ax.fill_between(g.step, g[lo], g[hi], color=colour, alpha=0.2, linewidth=0)
+    ax.set_xlabel(LABELS["step"])
+    ax.set_ylabel(LABELS.get(metric, metric))
+
+
+def law_plot(ax, metrics: pd.DataFrame, keys, *, max_points: int = 20000, seed: int = 0):
+    """Predicted against realized entropy change, one colour per grid point, with ``y = x``."""
+    rng = np.random.default_rng(seed)
+    sample = metrics if len(metrics) <= max_points else metrics.iloc[
+        np.sort(rng.choice(len(metrics), max_points, replace=False))]
+    groups = sample.groupby(list(keys), sort=False) if keys else [((), sample)]
+    for i, (_, g) in enumerate(groups):
+        ax.scatter(g.dH_pred_cov, g.dH_realized, s=4, alpha=0.5, color=OKABE_ITO[i % len(OKABE_ITO)],
+                   label=grid_label(g.iloc[0], keys), rasterized=True)
+    lims = [min(sample.dH_pred_cov.min(), sample.dH_realized.min()),
+            max(sample.dH_pred_cov.max(), sample.dH_realized.max())]
+    ax.plot(lims, lims, color="0.3", linewidth=1, linestyle="--", label="y = x")
+    corr = np.corrcoef(metrics.dH_pred_cov, metrics.dH_realized)[0, 1]
+    ax.set_title(f"covariance law: corr = {corr:.4f}")
+    ax.set_xlabel(LABELS["dH_pred_cov"])
+    ax.set_ylabel(LABELS["dH_realized"])
+
+
+def plot_results(out_dir, *, fmt: str = "png") -> list[Path]:
+    """Render the standard figure of a result folder into ``out_dir/figures/``: entropy and
+    return over training (mean and 2.5-97.5% band over seeds) and predicted against realized
+    entropy change. Returns the written paths."""
+    out = Path(out_dir)
+    if not (out / "summary.parquet").exists():
+        raise FileNotFoundError(f"{out} is not a result folder (no summary.parquet)")
+    config = json.loads((out / "config.json").read_text())
+    summary = pd.read_parquet(out / "summary.parquet")
+    metrics = pd.read_parquet(out / "metrics.parquet", columns=None)
+    keys = [k for k, v in config["algo"].items() if isinstance(v, list)]
+    title = config.get("name") or f"{config['algo']['name']} on {config['env']['kind']}"
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    with style():
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        band_plot(axes[0], summary, "entropy", keys)
+        axes[0].set_title("entropy (mean, 95% of seeds)")
+        band_plot(axes[1], summary, "return", keys)
+        axes[1].set_title("return (mean, 95% of seeds)")
+        law_plot(axes[2], metrics, keys)
+        axes[0].legend(frameon=False)
+        fig.suptitle(f"{title}  ({config['seeds']} seeds)")
+        path = figures / f"overview.{fmt}"
+        fig.savefig(path)
+        plt.close(fig)
+    return [path]

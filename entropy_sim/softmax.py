@@ -1,0 +1,76 @@
+"""Softmax policy maths: entropies, covariances and divergences of categorical policies.
+
+Every function acts on the last axis, so it takes one distribution ``[A]`` or a batch
+``[..., A]`` alike. Inputs are logits ``theta`` or probabilities ``pi``; log-probabilities are
+always computed with ``log_softmax`` so one-hot policies stay finite.
+Conventions follow THEORY.md section 1: natural logarithm, entropy not divided by ``|A|``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def log_policy(theta: Array, temp: Array | float = 1.0) -> Array:
+    """``log softmax(theta / temp)`` over the last axis. ``[..., A] -> [..., A]``."""
+    return jax.nn.log_softmax(theta / temp, axis=-1)
+
+
+def entropy(theta: Array) -> Array:
+    """Shannon entropy ``H = -sum_a pi_a log pi_a`` of ``softmax(theta)``. ``[..., A] -> [...]``.
+
+    Uses ``log_softmax``, so it is finite at (numerically) one-hot policies and huge logits.
+    """
+    log_pi = jax.nn.log_softmax(theta, axis=-1)
+    return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+
+
+def renyi2(pi: Array) -> Array:
+    """Rényi entropy of order 2, ``H_2 = -log sum_a pi_a^2``. ``[..., A] -> [...]``."""
+    return -jnp.log(jnp.sum(pi * pi, axis=-1))
+
+
+def grad_sq_norm(pi: Array) -> Array:
+    """T1: ``E_{a~pi} ||grad_z log pi(a)||^2 = 1 - sum_a pi_a^2``. ``[..., A] -> [...]``."""
+    return 1.0 - jnp.sum(pi * pi, axis=-1)
+
+
+def mean(pi: Array, x: Array) -> Array:
+    """``E_{a~pi}[x_a]``. ``[..., A], [..., A] -> [...]``."""
+    return jnp.sum(pi * x, axis=-1)
+
+
+def cov(pi: Array, x: Array, y: Array) -> Array:
+    """``Cov_{a~pi}(x_a, y_a)``, centred before multiplying for accuracy. ``[..., A] -> [...]``."""
+    xc = x - mean(pi, x)[..., None]
+    yc = y - mean(pi, y)[..., None]
+    return jnp.sum(pi * xc * yc, axis=-1)
+
+
+def var(pi: Array, x: Array) -> Array:
+    """``Var_{a~pi}(x_a)``. ``[..., A] -> [...]``."""
+    return cov(pi, x, x)
+
+
+def kl(log_p: Array, log_q: Array) -> Array:
+    """``KL(p || q) = sum_a p_a (log p_a - log q_a)`` from log-probabilities. ``[..., A] -> [...]``."""
+    p = jnp.exp(log_p)
+    return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def kl_bound(pi: Array, ent: Array, dz: Array) -> Array:
+    """T2's bound ``(|A|/2) ||dz||_inf^2 (1 - exp(-H(pi)))`` on ``KL(pi_next || pi)``.
+
+    ``pi, dz: [..., A]``, ``ent: [...]`` -> ``[...]``.
+    """
+    num_actions = pi.shape[-1]
+    return 0.5 * num_actions * jnp.max(jnp.abs(dz), axis=-1) ** 2 * (1.0 - jnp.exp(-ent))
+
+
+def entropy_grad(pi: Array, log_pi: Array) -> Array:
+    """``dH/dz_a = -pi_a (log pi_a + H)`` (THEORY.md section 2). ``[..., A] -> [..., A]``."""
+    ent = -mean(pi, log_pi)
+    return -pi * (log_pi + ent[..., None])
