@@ -5,13 +5,17 @@
     results.metrics   # one row per grid point, seed and step
 """
 
-from entropy_sim import envs, policies, rules, softmax
-from entropy_sim.api import load_config, run
-from entropy_sim.config import Config
-from entropy_sim.errors import ConfigError
-from entropy_sim.experiment import Experiment, build
-from entropy_sim.results import Results, load
-from entropy_sim.runner import NonFiniteError
+from entropy_sim import _xla
+
+_xla.configure()  # before anything starts JAX's CPU backend
+
+from entropy_sim import envs, policies, rules, softmax  # noqa: E402
+from entropy_sim.api import load_config, run  # noqa: E402
+from entropy_sim.config import Config  # noqa: E402
+from entropy_sim.errors import ConfigError  # noqa: E402
+from entropy_sim.experiment import Experiment, build  # noqa: E402
+from entropy_sim.results import Results, load  # noqa: E402
+from entropy_sim.runner import NonFiniteError  # noqa: E402
 
 __all__ = [
     "Config", "ConfigError", "Experiment", "NonFiniteError", "Results", "build", "envs", "load",

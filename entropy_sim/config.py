@@ -351,8 +351,9 @@ def _resolve_algo(sec: Section) -> dict:
     extra = {k for r in RULES.values() for k in r.hparams}
     for key in sec.data:
         if key in extra and key not in spec.hparams:
+            hint = f"; for entropy regularisation use {name}_entropy" if f"{name}_entropy" in RULES else ""
             raise ConfigError(sec.field(key), f"{name} takes no {key}; it takes "
-                                              f"{', '.join(spec.hparams)}")
+                                              f"{', '.join(spec.hparams)}{hint}")
     sec.hints.update(extra)
     return sec.finish()
 
@@ -384,10 +385,11 @@ class Config:
             raise ConfigError("", f"config file {str(path)!r} not found") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError("", f"{path}: invalid TOML: {err}") from None
-        if isinstance(raw.get("env"), dict) and "path" in raw["env"]:
+        raw = apply_overrides(raw, overrides)
+        if isinstance(raw.get("env"), dict) and isinstance(raw["env"].get("path"), str):
             # An .npz path is relative to the config file that names it.
             raw["env"]["path"] = str((path.parent / raw["env"]["path"]).resolve())
-        return cls(apply_overrides(raw, overrides))
+        return cls(raw)
 
     def __getitem__(self, key):
         return _frozen(self._data[key])

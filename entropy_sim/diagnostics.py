@@ -52,4 +52,4 @@ def pass_at_k(success: Array, rho: Array, ks: tuple[int, ...]) -> dict[str, Arra
     """Exact ``pass@k = sum_p rho(p) [1 - (1 - P(correct | p))^k]`` for each ``k`` in ``ks``.
     ``success, rho: [P]``."""
     fail = jnp.clip(1.0 - success, 0.0, 1.0)
-    return {f"pass_at_{k}": rho @ (1.0 - fail ** k) for k in ks}
+    return {f"pass_at_{k}": jnp.sum(rho * (1.0 - fail ** k)) for k in ks}

@@ -83,7 +83,7 @@ def compiled_init(opt_name: str, env_per_seed: bool):
 def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_seed: bool,
                    length: int, log_every: int):
     """The jitted chunk ``(state, env, hp, t0) -> (state, metrics)``: ``length`` steps from step
-    ``t0``, logging every ``log_every``-th; metrics are ``{name: [length // log_every, G, N]}``."""
+    ``t0``, logging every ``log_every``-th; metrics are ``{name: [G, N, length // log_every]}``."""
     one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at)
     batched = _over_grid_and_seeds(one, 0 if env_per_seed else None)
 
@@ -93,7 +93,8 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
             # The remaining steps of the stride; their unused metrics are dead code for XLA.
             state = jax.lax.fori_loop(1, log_every, lambda i, s: batched(s, env, hp, t + i)[0], state)
             return state, metrics
-        return jax.lax.scan(logged, state, t0 + log_every * jnp.arange(length // log_every))
+        state, metrics = jax.lax.scan(logged, state, t0 + log_every * jnp.arange(length // log_every))
+        return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), metrics)
 
     return jax.jit(chunk, donate_argnums=0)
 
@@ -122,32 +123,39 @@ def run_arrays(exp: Experiment, *, progress: bool = True) -> tuple[dict[str, np.
     per_step = 4 * 24 * exp.num_grid * exp.num_seeds // log_every
     chunks = plan_chunks(steps, log_every, cfg["chunk_steps"], per_step)
     bar = _progress(steps, exp, progress and len(chunks) > 1)
-    pieces: dict[str, list[np.ndarray]] = {}
+    out: dict[str, np.ndarray] = {}
     for t0, length in chunks:
         fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length, log_every)
         state, metrics = fn(state, exp.env, exp.hparams, jnp.asarray(t0, jnp.int32))
         metrics = jax.device_get(metrics)
         check_finite(metrics, t0, log_every, exp)
-        for name, values in metrics.items():
-            pieces.setdefault(name, []).append(np.moveaxis(values, 0, -1))
+        if len(chunks) == 1:
+            out = metrics
+        for name, values in metrics.items() if len(chunks) > 1 else ():
+            if name not in out:
+                out[name] = np.empty(values.shape[:2] + (steps // log_every,), values.dtype)
+            out[name][:, :, t0 // log_every:(t0 + length) // log_every] = values
         bar.update(length)
     bar.close()
-    return {name: np.concatenate(parts, axis=-1) for name, parts in pieces.items()}, state
+    return out, state
 
 
 def check_finite(metrics: dict[str, np.ndarray], t0: int, log_every: int, exp: Experiment) -> None:
-    """Raise ``NonFiniteError`` at the first NaN or infinite metric, naming grid point, seed and
-    step. ``metrics: {name: [T, G, N]}``."""
-    for name, values in metrics.items():
-        if name in NAN_ALLOWED:
-            continue
-        bad = ~np.isfinite(values)
-        if bad.any():
-            t, g, n = (int(i) for i in np.argwhere(bad)[0])
-            where = ", ".join(f"{k}={v}" for k, v in exp.swept[g].items()) or "the only grid point"
-            raise NonFiniteError(f"{name} is {values[t, g, n]} at step {t0 + t * log_every}, seed {n}, "
-                                 f"grid point {g} ({where}); the logits or the step size may have "
-                                 f"overflowed (try a smaller eta or dtype = \"float64\")")
+    """Raise ``NonFiniteError`` at the earliest NaN or infinite metric, naming grid point, seed,
+    step and the metrics affected. ``metrics: {name: [G, N, T]}``."""
+    checked = {k: v for k, v in metrics.items() if k not in NAN_ALLOWED}
+    bad = np.zeros(next(iter(checked.values())).shape, bool)
+    for values in checked.values():
+        bad |= ~np.isfinite(values)
+    if not bad.any():
+        return
+    idx = np.argwhere(bad)
+    g, n, t = (int(i) for i in idx[np.argmin(idx[:, 2])])
+    names = ", ".join(f"{k} = {v[g, n, t]}" for k, v in checked.items() if not np.isfinite(v[g, n, t]))
+    where = ", ".join(f"{k}={v}" for k, v in exp.swept[g].items()) or "the only grid point"
+    raise NonFiniteError(f"non-finite values at step {t0 + t * log_every}, seed {n}, grid point {g} "
+                         f"({where}): {names}; the logits may have overflowed (try a smaller eta "
+                         f"or dtype = \"float64\")")
 
 
 def _binary_rewards(exp: Experiment) -> bool:

@@ -56,7 +56,7 @@ class ContextualBandit:
         success = jnp.sum(pi * self.r, axis=-1)
         v, adv = soft_values(pi, log_pi, self.r, tau)
         return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=self.rho, q=self.r, v=v, adv=adv,
-                          ret=self.rho @ success, ret_reg=self.rho @ v, success=success)
+                          ret=jnp.sum(self.rho * success), ret_reg=jnp.sum(self.rho * v), success=success)
 
     def correct_mask(self) -> Array:
         """``[S, A]`` True for the best actions of each prompt (the correct answers)."""
@@ -64,7 +64,7 @@ class ContextualBandit:
 
     def optimal_return(self) -> Array:
         """``J* = sum_s rho(s) max_a r[s, a]``. ``[]``."""
-        return self.rho @ jnp.max(self.r, axis=-1)
+        return jnp.sum(self.rho * jnp.max(self.r, axis=-1))
 
 
 def contextual_bandit(r, rho=None, *, noise: str = "deterministic",

@@ -58,8 +58,8 @@ class TabularMDP:
         occ = (1.0 - self.gamma) * jax.scipy.linalg.lu_solve(lu, self.mu, trans=1)
         q = self.r + self.gamma * jnp.einsum("sat,t->sa", self.P, v)
         v, adv = soft_values(pi, log_pi, q, tau)
-        ret_reg = self.mu @ v
-        ret = ret_reg - tau * self.horizon * (occ @ ent)
+        ret_reg = jnp.sum(self.mu * v)
+        ret = ret_reg - tau * self.horizon * jnp.sum(occ * ent)
         return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=occ, q=q, v=v, adv=adv,
                           ret=ret, ret_reg=ret_reg, success=ret[None])
 

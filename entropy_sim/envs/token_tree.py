@@ -101,7 +101,7 @@ class TokenTree:
         ent_visits = jnp.sum((reach * ent).reshape(num_p, self.num_nodes), axis=-1)
         success = v_root - tau * ent_visits
         return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=occ, q=q, v=v, adv=adv,
-                          ret=self.rho @ success, ret_reg=self.rho @ v_root, success=success)
+                          ret=jnp.sum(self.rho * success), ret_reg=jnp.sum(self.rho * v_root), success=success)
 
     def correct_mask(self) -> Array:
         """``[S, V]`` True where the next token can still lead to a correct answer."""
@@ -115,7 +115,7 @@ class TokenTree:
 
     def optimal_return(self) -> Array:
         """``J* = sum_p rho(p) max_o R(p, o)``. ``[]``."""
-        return self.rho @ jnp.max(self.reward, axis=-1)
+        return jnp.sum(self.rho * jnp.max(self.reward, axis=-1))
 
     def sequence_index(self, tokens) -> int:
         """Index of a complete response (list of ``L`` token ids) in ``reward``'s last axis."""

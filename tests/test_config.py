@@ -1,0 +1,128 @@
+"""Bad input gets a clear error naming the field, raised before anything is compiled or written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import entropy_sim as es
+from conftest import small_config
+
+BANDIT = {"kind": "bandit", "means": [1.0, 0.9, 0.1]}
+MDP = {"kind": "mdp", "P": [[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [1.0, 0.0]]],
+       "r": [[0.0, 1.0], [0.5, 0.0]], "gamma": 0.9, "mu": [1.0, 0.0]}
+
+
+def with_env(**changes):
+    return small_config(env={**BANDIT, **changes})
+
+
+def with_mdp(**changes):
+    return small_config(env={**MDP, **changes})
+
+
+BAD = {
+    "typo at top level": (small_config(stpes=10), "stpes", "did you mean 'steps'"),
+    "typo in algo": (small_config(algo={"name": "pg", "eta": 0.1, "etta": 0.2}), "algo.etta", "did you mean 'eta'"),
+    "typo in env": (with_env(meens=[1, 2]), "env.meens", "did you mean 'means'"),
+    "key of another generator": (small_config(env={"kind": "bandit", "arms": 3, "p": 0.3}), "env.p", "not used"),
+    "steps not an integer": (small_config(steps=1.5), "steps", "integer"),
+    "seeds is a string": (small_config(seeds="10"), "seeds", "integer"),
+    "eta a string": (small_config(algo={"name": "pg", "eta": "big"}), "algo.eta", "number"),
+    "eta zero": (small_config(algo={"name": "pg", "eta": 0.0}), "algo.eta", "> 0"),
+    "eta negative in a sweep": (small_config(algo={"name": "npg", "eta": [0.1, -0.1]}), "algo.eta[1]", "> 0"),
+    "empty sweep": (small_config(algo={"name": "npg", "eta": []}), "algo.eta", "at least one"),
+    "tau on pg": (small_config(algo={"name": "pg", "eta": 0.1, "tau": 0.1}), "algo.tau", "pg_entropy"),
+    "tau zero on pg_entropy": (small_config(algo={"name": "pg_entropy", "eta": 0.1, "tau": 0.0}), "algo.tau", "> 0"),
+    "temp zero": (small_config(algo={"name": "temp_reinforce", "eta": 0.1, "temp": 0.0}), "algo.temp", "> 0"),
+    "unknown algorithm": (small_config(algo={"name": "ppo", "eta": 0.1}), "algo.name", "unknown algorithm"),
+    "unknown optimizer": (small_config(algo={"name": "pg", "eta": 0.1, "optimizer": "lion"}), "algo.optimizer", "sgd"),
+    "unknown env kind": (small_config(env={"kind": "atari"}), "env.kind", "unknown value"),
+    "one action": (with_env(means=[1.0]), "env.means", "at least 2"),
+    "one arm drawn": (small_config(env={"kind": "bandit", "arms": 1}), "env.arms", ">= 2"),
+    "means and arms": (with_env(arms=3), "env.means", "exactly one"),
+    "nan reward": (with_env(means=[1.0, float("nan")]), "env.means", "finite"),
+    "infinite reward": (with_env(means=[float("inf"), 0.0]), "env.means", "finite"),
+    "contextual one action": (small_config(env={"kind": "contextual_bandit", "r": [[1.0], [0.0]]}), "env.r", "at least 2"),
+    "probs do not sum to 1": (small_config(policy={"init": "probs", "probs": [0.5, 0.3, 0.1]}), "policy.probs", "sum to 1"),
+    "probs wrong length": (small_config(policy={"init": "probs", "probs": [0.5, 0.5]}), "policy.probs", "3 values"),
+    "zero probability": (small_config(policy={"init": "probs", "probs": [1.0, 0.0, 0.0]}), "policy.probs", "positive"),
+    "rho does not sum to 1": (small_config(env={"kind": "contextual_bandit", "r": [[1, 0], [0, 1]], "rho": [0.5, 0.6]}), "env.rho", "sum to 1"),
+    "P not row-stochastic": (with_mdp(P=[[[0.9, 0.0], [0.0, 1.0]], [[0.5, 0.5], [1.0, 0.0]]]), "env.P", "sum to 1"),
+    "P negative": (with_mdp(P=[[[1.5, -0.5], [0.0, 1.0]], [[0.5, 0.5], [1.0, 0.0]]]), "env.P", ">= 0"),
+    "P wrong shape": (with_mdp(P=[[[1.0, 0.0]], [[1.0, 0.0]]]), "env.P", "shape"),
+    "gamma one": (with_mdp(gamma=1.0), "env.gamma", "< 1"),
+    "gamma negative": (with_mdp(gamma=-0.1), "env.gamma", ">= 0"),
+    "mdp reward nan": (with_mdp(r=[[0.0, float("nan")], [0.5, 0.0]]), "env.r", "finite"),
+    "mu does not sum to 1": (with_mdp(mu=[0.5, 0.4]), "env.mu", "sum to 1"),
+    "garnet branching too big": (small_config(env={"kind": "mdp", "generator": "garnet", "states": 3, "actions": 2, "branching": 4}), "env.branching", "<= states"),
+    "token answer out of vocab": (small_config(env={"kind": "token_tree", "vocab": 2, "length": 2, "answers": [[[0, 2]]]}), "env.answers[0][0]", "token ids"),
+    "token answer wrong length": (small_config(env={"kind": "token_tree", "vocab": 2, "length": 2, "answers": [[[0]]]}), "env.answers[0][0]", "2 token ids"),
+    "log_every does not divide": (small_config(steps=10, log_every=3), "log_every", "divide"),
+    "prior correct_mass on mdp": (small_config(env=MDP, policy={"init": "prior", "correct_mass": 0.1}), "policy.correct_mass", "mdp"),
+    "verifiable all correct": (small_config(env={"kind": "contextual_bandit", "contexts": 2, "actions": 3, "generator": "verifiable", "num_correct": 3}), "env.num_correct", "below"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_raises_config_error_naming_the_field(case):
+    raw, field, words = BAD[case]
+    with pytest.raises(es.ConfigError) as err:
+        es.Config(raw)
+    assert err.value.field == field, str(err.value)
+    assert words in str(err.value)
+    assert str(err.value).startswith(field)
+
+
+def test_resolved_config_fills_every_default_and_round_trips_through_json():
+    cfg = es.Config(small_config(env={"kind": "bandit", "arms": 5}))
+    data = cfg.to_dict()
+    assert data["env"]["generator"] == "uniform" and data["env"]["low"] == 0.0
+    assert data["algo"]["optimizer"] == "sgd" and data["log_every"] == 1
+    assert es.Config(json.loads(json.dumps(data))) == cfg
+
+
+def test_override_strings_are_parsed_as_toml_values(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('steps = 5\n[env]\nkind = "bandit"\nmeans = [1.0, 0.0]\n[algo]\nname = "pg"\neta = 0.1\n')
+    cfg = es.load_config(path, ["algo.eta=[0.1, 0.2]", "algo.name=npg", "seeds=7"])
+    assert cfg["algo"]["eta"] == (0.1, 0.2) and cfg["algo"]["name"] == "npg" and cfg["seeds"] == 7
+    assert cfg.sweep == {"eta": [0.1, 0.2]}
+    with pytest.raises(es.ConfigError, match="algo.eta"):
+        es.load_config(path, ["algo.eta=-1"])
+
+
+def test_grid_is_the_cartesian_product_of_sweep_lists_last_varying_fastest():
+    cfg = es.Config(small_config(algo={"name": "pg_entropy", "eta": [0.1, 0.2, 0.3], "tau": [0.01, 0.1]}))
+    hparams, swept = cfg.grid()
+    assert len(swept) == 6
+    assert swept[0] == {"eta": 0.1, "tau": 0.01} and swept[1] == {"eta": 0.1, "tau": 0.1}
+    assert list(hparams["eta"]) == [0.1, 0.1, 0.2, 0.2, 0.3, 0.3]
+
+
+def test_mdp_from_npz_path_relative_to_the_config_file(tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "m.npz", P=np.array(MDP["P"]), r=np.array(MDP["r"]), gamma=0.5)
+    (tmp_path / "c.toml").write_text('steps = 3\nseeds = 2\n[env]\nkind = "mdp"\npath = "m.npz"\n'
+                                     '[algo]\nname = "npg"\neta = 0.5\n')
+    res = es.run(es.load_config(tmp_path / "c.toml"), progress=False)
+    assert res.arrays["entropy"].shape == (1, 2, 3)
+    np.savez(tmp_path / "bad.npz", P=np.array(MDP["P"]) * 0.5, r=np.array(MDP["r"]), gamma=0.5)
+    with pytest.raises(es.ConfigError, match="env.P"):
+        es.load_config(tmp_path / "c.toml", ["env.path=bad.npz"])
+
+
+def test_cli_bad_input_exits_nonzero_names_the_field_and_writes_nothing(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('steps = 3\n[env]\nkind = "bandit"\nmeans = [1.0, 0.5]\n[algo]\nname = "pg"\neta = 0.1\n')
+    cases = {"algo.eta=0": "algo.eta", "env.means=[1.0]": "env.means", "algo.name=ppo": "algo.name",
+             "env.meanz=[1,2]": "env.meanz", "env.means=[1.0, nan]": "env.means"}
+    for override, field in cases.items():
+        out = tmp_path / "out"
+        proc = subprocess.run([sys.executable, "-m", "entropy_sim.cli", "run", str(path), "--out", str(out),
+                               "--set", override], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert field in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not out.exists() and list(tmp_path.iterdir()) == [path]

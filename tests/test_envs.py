@@ -1,0 +1,553 @@
+"""Exact evaluation of the environments against independent computations (THEORY.md section 1).
+
+Every expected value here is computed in plain numpy inside the test: iterative policy evaluation
+and power-series occupancies for MDPs, brute-force enumeration of all ``V^L`` responses for the
+token tree, closed forms for bandits. Nothing is compared against earlier output of the package.
+"""
+
+import itertools
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import entropy_sim as es  # noqa: E402
+from entropy_sim import envs, errors, policies  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- numpy references
+
+def np_policy(theta):
+    """``(pi, log_pi, H)`` of ``softmax(theta)`` over the last axis, in numpy float64."""
+    theta = np.asarray(theta, np.float64)
+    z = theta - theta.max(axis=-1, keepdims=True)
+    log_pi = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    pi = np.exp(log_pi)
+    return pi, log_pi, -(pi * log_pi).sum(axis=-1)
+
+
+def iterative_policy_evaluation(P, r, gamma, pi, log_pi, tau=0.0, tol=1e-14):
+    """Soft ``V, Q, A`` by repeating ``V <- r_pi + tau H + gamma P_pi V`` until it stops moving."""
+    P, r = np.asarray(P, np.float64), np.asarray(r, np.float64)
+    ent = -(pi * log_pi).sum(-1)
+    p_pi = np.einsum("sa,sat->st", pi, P)
+    r_pi = (pi * r).sum(-1) + tau * ent
+    v = np.zeros(r.shape[0])
+    for _ in range(100_000):
+        v_new = r_pi + gamma * p_pi @ v
+        if np.max(np.abs(v_new - v)) < tol:
+            v = v_new
+            break
+        v = v_new
+    else:
+        raise AssertionError("policy evaluation did not converge")
+    q = r + gamma * np.einsum("sat,t->sa", P, v)
+    adv = q - tau * log_pi - v[:, None]
+    return v, q, adv
+
+
+def occupancy_by_iteration(P, gamma, mu, pi):
+    """``d = (1 - gamma) sum_t gamma^t mu^T P_pi^t``, summed until the terms vanish."""
+    p_pi = np.einsum("sa,sat->st", pi, np.asarray(P, np.float64))
+    x = np.asarray(mu, np.float64).copy()
+    d = np.zeros_like(x)
+    weight = 1.0 - gamma
+    while weight > 1e-18:
+        d += weight * x
+        x = x @ p_pi
+        weight *= gamma
+    return d
+
+
+def tree_row(prompt, prefix, vocab, length):
+    """Row of the prefix ``prefix`` of prompt ``prompt`` in the layout of envs/token_tree.py."""
+    nodes = sum(vocab ** t for t in range(length))
+    t = len(prefix)
+    offset = sum(vocab ** j for j in range(t))
+    return prompt * nodes + offset + sum(int(o) * vocab ** (t - 1 - i) for i, o in enumerate(prefix))
+
+
+def brute_force_tree(theta, rewards, rho, vocab, length, tau):
+    """Enumerate every response of every prompt. ``rewards(p, seq) -> float``.
+
+    Returns per-prompt success, soft root value, per-token entropy, and the occupancy, soft Q and
+    correct mask of every row.
+    """
+    pi, log_pi, ent = np_policy(theta)
+    num_states = theta.shape[0]
+    num_prompts = len(rho)
+    seqs = list(itertools.product(range(vocab), repeat=length))
+    success = np.zeros(num_prompts)
+    soft_root = np.zeros(num_prompts)
+    per_token_ent = np.zeros(num_prompts)
+    occ = np.zeros(num_states)
+    q = np.zeros((num_states, vocab))
+    correct = np.zeros((num_states, vocab), bool)
+    for p in range(num_prompts):
+        for seq in seqs:
+            rows = [tree_row(p, seq[:t], vocab, length) for t in range(length)]
+            probs = [pi[rows[t], seq[t]] for t in range(length)]
+            prob = float(np.prod(probs))
+            reward = rewards(p, seq)
+            ents = [ent[row] for row in rows]
+            success[p] += prob * reward
+            soft_root[p] += prob * (reward + tau * sum(ents))
+            per_token_ent[p] += prob * sum(ents) / length
+            for t in range(length):
+                # Visits: the prefix o_<t is visited with the probability of its tokens.
+                if all(o == 0 for o in seq[t:]):  # count each prefix once
+                    occ[rows[t]] += rho[p] * float(np.prod(probs[:t])) / length
+                # Soft Q(o_<t, o_t): expectation over the completion after o_t.
+                q[rows[t], seq[t]] += float(np.prod(probs[t + 1:])) * (
+                    reward + tau * sum(ents[t + 1:]))
+                if reward > 0:
+                    correct[rows[t], seq[t]] = True
+    return success, soft_root, per_token_ent, occ, q, correct
+
+
+# ----------------------------------------------------------------------------- MDPs
+
+GARNETS = [
+    # (seed, states, actions, branching, gamma)
+    (0, 5, 3, 2, 0.9),
+    (1, 8, 2, 3, 0.7),
+    (2, 6, 4, 6, 0.95),
+    (3, 4, 3, 1, 0.5),
+]
+
+
+@pytest.mark.parametrize("seed, states, actions, branching, gamma", GARNETS)
+@pytest.mark.parametrize("tau", [0.0, 0.3])
+def test_mdp_values_from_the_linear_solve_agree_with_iterative_policy_evaluation_on_garnets(
+        seed, states, actions, branching, gamma, tau):
+    key = jax.random.PRNGKey(seed)
+    env = envs.garnet(key, states, actions, branching, gamma)
+    theta = 1.5 * jax.random.normal(jax.random.fold_in(key, 7), (states, actions))
+    ev = env.evaluate(theta, tau)
+
+    pi, log_pi, ent = np_policy(theta)
+    v, q, adv = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, tau)
+    np.testing.assert_allclose(ev.pi, pi, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(ev.ent, ent, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ev.v, v, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ev.q, q, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ev.adv, adv, rtol=0, atol=1e-10)
+    # The soft advantage is centred under the policy: E_pi[A_tau] = 0.
+    np.testing.assert_allclose((pi * np.asarray(ev.adv)).sum(-1), 0.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed, states, actions, branching, gamma", GARNETS)
+def test_mdp_occupancy_is_a_distribution_equal_to_the_discounted_power_series(
+        seed, states, actions, branching, gamma):
+    key = jax.random.PRNGKey(100 + seed)
+    env = envs.garnet(key, states, actions, branching, gamma)
+    # A non-uniform start distribution, so that mu and d cannot coincide by symmetry.
+    mu = np.asarray(jax.random.dirichlet(jax.random.fold_in(key, 1), jnp.ones(states)))
+    env = envs.mdp(np.asarray(env.P), np.asarray(env.r), gamma, mu / mu.sum())
+    theta = jax.random.normal(jax.random.fold_in(key, 2), (states, actions))
+    ev = env.evaluate(theta)
+
+    occ = np.asarray(ev.occ)
+    assert occ.shape == (states,)
+    assert np.all(occ >= -1e-15)
+    assert occ.sum() == pytest.approx(1.0, abs=1e-12)
+    pi, _, _ = np_policy(theta)
+    np.testing.assert_allclose(occ, occupancy_by_iteration(env.P, gamma, env.mu, pi), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed, states, actions, branching, gamma", GARNETS)
+@pytest.mark.parametrize("tau", [0.0, 0.25])
+def test_mdp_return_is_mu_dot_v_and_the_unregularised_return_removes_the_entropy_bonus(
+        seed, states, actions, branching, gamma, tau):
+    key = jax.random.PRNGKey(200 + seed)
+    env = envs.garnet(key, states, actions, branching, gamma)
+    theta = 2.0 * jax.random.normal(jax.random.fold_in(key, 3), (states, actions))
+    ev = env.evaluate(theta, tau)
+    pi, log_pi, ent = np_policy(theta)
+    mu = np.asarray(env.mu)
+
+    v_soft, _, _ = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, tau)
+    v_plain, _, _ = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, 0.0)
+    d = occupancy_by_iteration(env.P, gamma, mu, pi)
+    assert float(ev.ret_reg) == pytest.approx(mu @ v_soft, abs=1e-10)
+    assert float(ev.ret) == pytest.approx(mu @ v_plain, abs=1e-10)
+    assert float(env.horizon) == pytest.approx(1 / (1 - gamma))
+    assert float(ev.ret) == pytest.approx(
+        float(ev.ret_reg) - tau * (1 / (1 - gamma)) * (d @ ent), abs=1e-10)
+    assert float(ev.entropy) == pytest.approx(d @ ent, abs=1e-12)
+    np.testing.assert_allclose(ev.success, [mu @ v_plain], atol=1e-10)
+
+
+@pytest.mark.parametrize("states, actions, branching", [(6, 3, 1), (6, 3, 2), (7, 2, 4), (5, 4, 5)])
+def test_garnet_transitions_are_row_stochastic_with_exactly_branching_successors(
+        states, actions, branching):
+    keys = jax.random.split(jax.random.PRNGKey(states * 10 + branching), 5)
+    batch = jax.vmap(lambda k: envs.garnet(k, states, actions, branching, 0.9))(keys)
+    P = np.asarray(batch.P)
+    assert P.shape == (5, states, actions, states)
+    assert np.all(P >= 0)
+    np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal((P > 0).sum(-1), branching)
+    r = np.asarray(batch.r)
+    assert np.all((r >= 0) & (r <= 1))
+    np.testing.assert_allclose(np.asarray(batch.mu), 1.0 / states)
+    # Different keys give different MDPs.
+    assert not np.allclose(P[0], P[1])
+
+
+def test_chain_is_row_stochastic_and_moves_right_on_action_zero_and_back_otherwise():
+    env = envs.chain(5, 3, 0.8, 0.05)
+    P = np.asarray(env.P)
+    assert P.shape == (5, 3, 5)
+    np.testing.assert_allclose(P.sum(-1), 1.0, atol=0)
+    for s in range(5):
+        assert P[s, 0, min(s + 1, 4)] == 1.0
+        np.testing.assert_array_equal(P[s, 1:, 0], 1.0)
+    expected_r = np.zeros((5, 3))
+    expected_r[4, 0] = 1.0
+    expected_r[0, 1:] = 0.05
+    np.testing.assert_array_equal(np.asarray(env.r), expected_r)
+    np.testing.assert_array_equal(np.asarray(env.mu), np.eye(5)[0])
+
+
+@pytest.mark.parametrize("size, slip", [(3, 0.0), (4, 0.2), (2, 1.0)])
+def test_gridworld_is_row_stochastic_with_an_absorbing_rewarding_goal(size, slip):
+    env = envs.gridworld(size, 0.9, slip)
+    P = np.asarray(env.P)
+    states = size * size
+    assert P.shape == (states, 4, states)
+    assert np.all(P >= 0)
+    np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(P[states - 1, :, states - 1], 1.0)
+    np.testing.assert_array_equal(np.asarray(env.r)[states - 1], 1.0)
+    assert np.asarray(env.r)[:-1].sum() == 0
+    # From the top-left corner, "down" (action 1) reaches the cell below with prob 1 - slip + slip/4.
+    assert P[0, 1, size] == pytest.approx(1 - slip + slip / 4)
+
+
+def test_a_hand_made_mdp_given_as_nested_lists_validates_and_evaluates_in_closed_form():
+    # Two states, two actions. Action 0 stays, action 1 switches; reward 1 for staying in state 1.
+    P = [[[1.0, 0.0], [0.0, 1.0]],
+         [[0.0, 1.0], [1.0, 0.0]]]
+    r = [[0.0, 0.0], [1.0, 0.0]]
+    gamma = 0.5
+    env = envs.mdp(P, r, gamma, [1.0, 0.0])
+    assert isinstance(env, envs.TabularMDP)
+    assert env.num_states == 2 and env.num_actions == 2
+    # Uniform policy: P_pi = [[.5, .5], [.5, .5]], r_pi = [0, .5].
+    # V = r_pi + gamma P_pi V  =>  V = r_pi + gamma * mean(V) * 1; mean(V) = 0.25 / (1 - 0.5) = 0.5.
+    ev = env.evaluate(jnp.zeros((2, 2)))
+    np.testing.assert_allclose(ev.v, [0.25, 0.75], atol=1e-14)
+    assert float(ev.ret) == pytest.approx(0.25, abs=1e-14)
+    # d = (1 - gamma) mu^T (I - gamma P_pi)^-1 = 0.5 * mu + 0.5 * (0.5, 0.5).
+    np.testing.assert_allclose(ev.occ, [0.75, 0.25], atol=1e-14)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(P=[[[0.5, 0.4], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]), "P"),
+    (dict(P=[[[1.5, -0.5], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]), "P"),
+    (dict(gamma=1.0), "gamma"),
+    (dict(mu=[0.5, 0.6]), "mu"),
+    (dict(r=[[0.0], [1.0]]), "r"),
+])
+def test_a_malformed_hand_made_mdp_is_rejected_naming_the_field(bad, field):
+    args = dict(P=[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]], r=[[0.0, 0.0], [1.0, 0.0]],
+                gamma=0.9, mu=[1.0, 0.0])
+    args.update(bad)
+    with pytest.raises(errors.ConfigError) as info:
+        envs.mdp(args["P"], args["r"], args["gamma"], args["mu"])
+    assert info.value.field == field
+
+
+# ----------------------------------------------------------------------------- token tree
+
+TREES = [
+    # (vocab, length, answers, rho)
+    (2, 3, [[[0, 1, 1], [1, 1, 0]], [[0, 0, 0]]], [0.3, 0.7]),
+    (3, 2, [[[2, 1]], [[0, 0], [0, 2], [1, 1]], []], [0.5, 0.25, 0.25]),
+    (2, 1, [[[1]]], None),
+    (3, 3, [[[0, 1, 2], [2, 2, 2], [2, 2, 0]]], None),
+    (4, 2, [[[3, 0], [1, 2]], [[0, 1]]], [0.6, 0.4]),
+]
+
+
+@pytest.mark.parametrize("vocab, length, answers, rho", TREES)
+@pytest.mark.parametrize("tau", [0.0, 0.4])
+def test_token_tree_evaluation_equals_brute_force_enumeration_of_all_responses(
+        vocab, length, answers, rho, tau):
+    env = envs.token_tree(vocab, length, answers, rho)
+    num_prompts = len(answers)
+    rho_np = np.full(num_prompts, 1 / num_prompts) if rho is None else np.asarray(rho)
+    nodes = sum(vocab ** t for t in range(length))
+    assert env.num_states == num_prompts * nodes
+    assert float(env.horizon) == length
+    theta = 1.3 * jax.random.normal(jax.random.PRNGKey(vocab * 31 + length), (env.num_states, vocab))
+    ev = env.evaluate(theta, tau)
+
+    answer_sets = [{tuple(a) for a in prompt} for prompt in answers]
+    rewards = lambda p, seq: float(tuple(seq) in answer_sets[p])  # noqa: E731
+    success, soft_root, per_token_ent, occ, q, _ = brute_force_tree(
+        np.asarray(theta), rewards, rho_np, vocab, length, tau)
+
+    np.testing.assert_allclose(ev.success, success, atol=1e-12)
+    assert float(ev.ret) == pytest.approx(rho_np @ success, abs=1e-12)
+    assert float(ev.ret_reg) == pytest.approx(rho_np @ soft_root, abs=1e-12)
+    assert float(ev.entropy) == pytest.approx(rho_np @ per_token_ent, abs=1e-12)
+    np.testing.assert_allclose(ev.occ, occ, atol=1e-12)
+    assert float(jnp.sum(ev.occ)) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(ev.q, q, atol=1e-12)
+    roots = [tree_row(p, (), vocab, length) for p in range(num_prompts)]
+    np.testing.assert_allclose(np.asarray(ev.v)[roots], soft_root, atol=1e-12)
+    # A_tau = Q_tau - tau log pi - V_tau with V_tau = E_pi[Q_tau - tau log pi].
+    pi, log_pi, _ = np_policy(theta)
+    v = (pi * (q - tau * log_pi)).sum(-1)
+    np.testing.assert_allclose(ev.v, v, atol=1e-12)
+    np.testing.assert_allclose(ev.adv, q - tau * log_pi - v[:, None], atol=1e-12)
+    # ret = ret_reg - tau * L * sum_s d(s) H(s).
+    _, _, ent = np_policy(theta)
+    assert float(ev.ret) == pytest.approx(float(ev.ret_reg) - tau * length * (occ @ ent), abs=1e-12)
+
+
+@pytest.mark.parametrize("vocab, length, answers, rho", TREES)
+def test_token_tree_correct_mask_and_last_level_q_match_brute_force(vocab, length, answers, rho):
+    env = envs.token_tree(vocab, length, answers, rho)
+    num_prompts = len(answers)
+    rho_np = np.full(num_prompts, 1 / num_prompts) if rho is None else np.asarray(rho)
+    answer_sets = [{tuple(a) for a in prompt} for prompt in answers]
+    rewards = lambda p, seq: float(tuple(seq) in answer_sets[p])  # noqa: E731
+    theta = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (env.num_states, vocab)))
+    *_, correct = brute_force_tree(theta, rewards, rho_np, vocab, length, 0.0)
+    np.testing.assert_array_equal(np.asarray(env.correct_mask()), correct)
+
+    # Q at the last level is the reward of the completed response, whatever the policy and tau.
+    ev = env.evaluate(jnp.asarray(theta), 0.7)
+    for p in range(num_prompts):
+        for prefix in itertools.product(range(vocab), repeat=length - 1):
+            row = tree_row(p, prefix, vocab, length)
+            expected = [rewards(p, prefix + (a,)) for a in range(vocab)]
+            np.testing.assert_array_equal(np.asarray(ev.q)[row], expected)
+    assert float(env.optimal_return()) == pytest.approx(
+        sum(rho_np[p] for p in range(num_prompts) if answer_sets[p]))
+
+
+def test_all_sequences_lists_every_response_in_sequence_index_order():
+    env = envs.token_tree(3, 3, [[[0, 0, 0]]])
+    seqs = envs.all_sequences(3, 3)
+    assert seqs.shape == (27, 3)
+    np.testing.assert_array_equal(seqs, np.array(list(itertools.product(range(3), repeat=3))))
+    for i, seq in enumerate(seqs):
+        assert env.sequence_index(seq) == i
+
+
+def test_random_token_tree_has_num_correct_answers_per_prompt_and_matches_brute_force():
+    key = jax.random.PRNGKey(3)
+    env = envs.random_token_tree(key, 3, 3, prompts=3, num_correct=4)
+    reward = np.asarray(env.reward)
+    assert reward.shape == (3, 27)
+    assert set(np.unique(reward)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(reward.sum(-1), 4)
+    assert not np.array_equal(reward[0], reward[1])  # prompts get their own answers
+    seqs = [tuple(s) for s in envs.all_sequences(3, 3)]
+    rewards = lambda p, seq: reward[p, seqs.index(tuple(seq))]  # noqa: E731
+    theta = jax.random.normal(jax.random.PRNGKey(4), (env.num_states, 3))
+    ev = env.evaluate(theta)
+    success, *_ = brute_force_tree(np.asarray(theta), rewards, np.full(3, 1 / 3), 3, 3, 0.0)
+    np.testing.assert_allclose(ev.success, success, atol=1e-12)
+
+
+def test_pass_at_k_columns_equal_one_minus_the_failure_probability_to_the_power_k():
+    vocab, length = 2, 3
+    answers = [[[0, 1, 1], [1, 0, 0]], [[1, 1, 1]]]
+    rho = [0.4, 0.6]
+    env = envs.token_tree(vocab, length, answers, rho)
+    theta0 = np.asarray(jax.random.normal(jax.random.PRNGKey(11), (env.num_states, vocab)))
+    res = es.run({"seeds": 1, "steps": 1, "dtype": "float64", "pass_at": [1, 3, 16],
+                  "env": {"kind": "token_tree", "vocab": vocab, "length": length,
+                          "answers": answers, "rho": rho},
+                  "policy": {"init": "logits", "logits": theta0.tolist()},
+                  "algo": {"name": "pg", "eta": 0.1}}, progress=False)
+    answer_sets = [{tuple(a) for a in prompt} for prompt in answers]
+    success, *_ = brute_force_tree(theta0, lambda p, s: float(tuple(s) in answer_sets[p]),
+                                   np.asarray(rho), vocab, length, 0.0)
+    for k in (1, 3, 16):
+        expected = np.asarray(rho) @ (1 - (1 - success) ** k)
+        assert res.arrays[f"pass_at_{k}"][0, 0, 0] == pytest.approx(expected, abs=1e-12)
+    assert res.arrays["return"][0, 0, 0] == pytest.approx(np.asarray(rho) @ success, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- contextual bandits
+
+@pytest.mark.parametrize("tau", [0.0, 0.5])
+def test_contextual_bandit_has_occupancy_rho_q_equal_r_and_return_rho_dot_pi_r(tau):
+    r = np.array([[1.0, 0.2, 0.0, 0.5], [0.3, 0.3, 0.9, 0.1], [0.0, 1.0, 0.4, 0.4]])
+    rho = np.array([0.5, 0.2, 0.3])
+    env = envs.contextual_bandit(r.tolist(), rho.tolist())
+    theta = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    ev = env.evaluate(theta, tau)
+    pi, log_pi, ent = np_policy(theta)
+    np.testing.assert_allclose(ev.occ, rho, atol=0)
+    np.testing.assert_allclose(ev.q, r, atol=0)
+    np.testing.assert_allclose(ev.success, (pi * r).sum(-1), atol=1e-14)
+    assert float(ev.ret) == pytest.approx(rho @ (pi * r).sum(-1), abs=1e-14)
+    v = (pi * r).sum(-1) + tau * ent
+    np.testing.assert_allclose(ev.v, v, atol=1e-14)
+    np.testing.assert_allclose(ev.adv, r - tau * log_pi - v[:, None], atol=1e-14)
+    assert float(ev.ret_reg) == pytest.approx(rho @ v, abs=1e-14)
+    assert float(env.horizon) == 1.0
+    assert float(env.optimal_return()) == pytest.approx(rho @ r.max(-1))
+    np.testing.assert_array_equal(np.asarray(env.correct_mask()), r == r.max(-1, keepdims=True))
+
+
+def test_a_bandit_is_a_contextual_bandit_with_one_context():
+    env = envs.bandit([0.1, 0.7, 0.3])
+    assert env.num_states == 1 and env.num_actions == 3
+    theta = jnp.array([[0.2, -1.0, 0.5]])
+    pi, _, _ = np_policy(theta)
+    ev = env.evaluate(theta)
+    assert float(ev.ret) == pytest.approx(pi[0] @ [0.1, 0.7, 0.3], abs=1e-14)
+    np.testing.assert_allclose(ev.occ, [1.0])
+
+
+@pytest.mark.parametrize("arms, contexts, num_correct", [(5, 4, 1), (6, 7, 2), (10, 3, 9)])
+def test_verifiable_generator_gives_exactly_num_correct_ones_per_prompt(arms, contexts, num_correct):
+    keys = jax.random.split(jax.random.PRNGKey(arms), 6)
+    batch = jax.vmap(lambda k: envs.random_bandit(k, arms, generator="verifiable",
+                                                  contexts=contexts, num_correct=num_correct))(keys)
+    r = np.asarray(batch.r)
+    assert r.shape == (6, contexts, arms)
+    assert set(np.unique(r)) == {0.0, 1.0}
+    np.testing.assert_array_equal(r.sum(-1), num_correct)
+    np.testing.assert_allclose(np.asarray(batch.rho), 1 / contexts)
+    # The correct subsets are random: not all prompts and seeds share one.
+    assert len({tuple(row) for row in r.reshape(-1, arms)}) > 1
+
+
+# ----------------------------------------------------------------------------- initial policies
+
+def _config(env, policy, seeds=3):
+    return es.Config({"seeds": seeds, "steps": 1, "dtype": "float64", "env": env, "policy": policy,
+                      "algo": {"name": "pg", "eta": 0.1}})
+
+
+def test_probs_init_round_trips_through_softmax_for_a_vector_and_a_table():
+    probs = [0.1, 0.6, 0.3]
+    exp = es.build(_config({"kind": "bandit", "means": [0.0, 1.0, 0.5]},
+                           {"init": "probs", "probs": probs}))
+    assert exp.theta0.shape == (3, 1, 3)
+    np.testing.assert_allclose(np_policy(exp.theta0)[0], np.broadcast_to(probs, (3, 1, 3)), atol=1e-15)
+
+    table = [[0.2, 0.3, 0.5], [0.9, 0.05, 0.05]]
+    exp = es.build(_config({"kind": "contextual_bandit", "r": [[1, 0, 0], [0, 1, 0]]},
+                           {"init": "probs", "probs": table}))
+    np.testing.assert_allclose(np_policy(exp.theta0)[0], np.broadcast_to(table, (3, 2, 3)), atol=1e-15)
+    np.testing.assert_allclose(np_policy(policies.from_probs(jnp.asarray(table), 2))[0], table,
+                               atol=1e-15)
+
+
+def test_prior_init_puts_peak_on_one_random_action_and_shares_the_rest_equally():
+    peak, arms = 0.7, 5
+    exp = es.build(_config({"kind": "contextual_bandit", "contexts": 6, "actions": arms},
+                           {"init": "prior", "peak": peak}, seeds=4))
+    pi = np_policy(exp.theta0)[0]  # [N, S, A]
+    assert pi.shape == (4, 6, arms)
+    is_peak = np.isclose(pi, peak, atol=1e-12)
+    np.testing.assert_array_equal(is_peak.sum(-1), 1)
+    np.testing.assert_allclose(pi[~is_peak], (1 - peak) / (arms - 1), atol=1e-12)
+    favoured = pi.argmax(-1)
+    assert len(np.unique(favoured)) > 1  # drawn at random, not always the same action
+
+
+def test_prior_init_with_correct_mass_puts_that_total_mass_on_the_correct_answers():
+    peak, mass, arms = 0.6, 0.3, 5
+    exp = es.build(_config({"kind": "contextual_bandit", "contexts": 8, "actions": arms,
+                            "generator": "verifiable", "num_correct": 2},
+                           {"init": "prior", "peak": peak, "correct_mass": mass}, seeds=4))
+    pi = np_policy(exp.theta0)[0]  # [N, S, A]
+    correct = np.asarray(exp.env.r) > 0.5  # [N, S, A], per-seed environments
+    np.testing.assert_allclose(pi.sum(-1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(np.where(correct, pi, 0).sum(-1), mass, atol=1e-12)
+    # Relative probabilities inside and outside the correct set are those of the plain prior.
+    rest = (1 - peak) / (arms - 1)
+    allowed = [1.0, peak / rest, rest / peak]
+    for n, s in itertools.product(range(4), range(8)):
+        for group in (correct[n, s], ~correct[n, s]):
+            p = pi[n, s][group]
+            ratios = p[:, None] / p[None, :]
+            assert np.all(np.min(np.abs(ratios[..., None] - allowed), -1) < 1e-9)
+
+
+def test_prior_init_with_correct_mass_on_a_token_tree_leaves_states_without_correct_answers_alone():
+    peak, mass = 0.8, 0.4
+    answers = [[[0, 1, 1]]]
+    exp = es.build(_config({"kind": "token_tree", "vocab": 2, "length": 3, "answers": answers},
+                           {"init": "prior", "peak": peak, "correct_mass": mass}, seeds=3))
+    pi = np_policy(exp.theta0)[0]  # [N, 7, 2]
+    mask = np.zeros((7, 2), bool)  # the rows along the path 0, 1, 1 of the correct answer
+    for t, o in enumerate(answers[0][0]):
+        mask[tree_row(0, tuple(answers[0][0][:t]), 2, 3), o] = True
+    mixed = mask.any(-1)
+    np.testing.assert_allclose(pi[:, mixed][mask[mixed][None].repeat(3, 0)], mass, atol=1e-12)
+    off = pi[:, ~mixed]  # no correct continuation: the plain prior
+    np.testing.assert_allclose(np.sort(off, -1), np.broadcast_to([1 - peak, peak], off.shape),
+                               atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+RANDOM_RUN = {"steps": 20, "dtype": "float64",
+              "env": {"kind": "mdp", "generator": "garnet", "states": 4, "actions": 3, "gamma": 0.8},
+              "policy": {"init": "gaussian", "scale": 1.0},
+              "algo": {"name": "npg", "eta": [0.1, 0.5]}}
+
+
+def test_the_same_config_run_twice_gives_identical_arrays():
+    a = es.run({**RANDOM_RUN, "seeds": 3}, progress=False)
+    b = es.run({**RANDOM_RUN, "seeds": 3}, progress=False)
+    assert a.arrays.keys() == b.arrays.keys()
+    for name in a.arrays:
+        np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
+    np.testing.assert_array_equal(a.final_theta, b.final_theta)
+    assert a.metrics.equals(b.metrics)
+
+
+def test_the_numbers_of_seed_n_do_not_change_when_the_number_of_seeds_grows():
+    small = es.run({**RANDOM_RUN, "seeds": 3}, progress=False)
+    large = es.run({**RANDOM_RUN, "seeds": 5}, progress=False)
+    for name in small.arrays:
+        assert large.arrays[name].shape[1] == 5
+        np.testing.assert_allclose(large.arrays[name][:, :3], small.arrays[name], rtol=1e-12,
+                                   atol=1e-14, err_msg=name)
+    np.testing.assert_allclose(large.final_theta[:, :3], small.final_theta, rtol=1e-12, atol=1e-14)
+    # And the extra seeds are genuinely different runs.
+    assert not np.allclose(large.arrays["return"][:, 3], large.arrays["return"][:, 0])
+    # The environments and starts themselves are bit-identical.
+    e3 = es.build(es.Config({**RANDOM_RUN, "seeds": 3}))
+    e5 = es.build(es.Config({**RANDOM_RUN, "seeds": 5}))
+    np.testing.assert_array_equal(np.asarray(e5.env.P)[:3], np.asarray(e3.env.P))
+    np.testing.assert_array_equal(np.asarray(e5.theta0)[:3], np.asarray(e3.theta0))
+
+
+@pytest.mark.parametrize("env", [
+    {"kind": "bandit", "arms": 4},
+    {"kind": "mdp", "generator": "garnet", "states": 3, "actions": 2},
+    {"kind": "token_tree", "vocab": 2, "length": 2, "prompts": 2},
+])
+def test_per_seed_environments_differ_across_seeds_and_shared_makes_them_equal(env):
+    base = {"seeds": 4, "steps": 5, "dtype": "float64", "policy": {"init": "uniform"},
+            "algo": {"name": "pg", "eta": 0.5}}
+    own = es.run({**base, "env": {**env}}, progress=False)
+    shared = es.run({**base, "env": {**env, "shared": True}}, progress=False)
+    ret_own, ret_shared = own.arrays["return"][0], shared.arrays["return"][0]  # [N, T]
+    for n in range(1, 4):
+        assert not np.allclose(ret_own[n, 1:], ret_own[0, 1:])
+        np.testing.assert_array_equal(ret_shared[n], ret_shared[0])
+        np.testing.assert_array_equal(shared.final_theta[0, n], shared.final_theta[0, 0])
+    exp = es.build(es.Config({**base, "env": {**env}}))
+    leaves = jax.tree.leaves(exp.env)
+    assert exp.env_per_seed and all(x.shape[0] == 4 for x in leaves)
+    exp_shared = es.build(es.Config({**base, "env": {**env, "shared": True}}))
+    assert not exp_shared.env_per_seed
