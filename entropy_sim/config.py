@@ -360,8 +360,7 @@ def _resolve_algo(sec: Section) -> dict:
 
 def _check_hparam(field: str, key: str, algo: str, value) -> None:
     """Range checks of one hyperparameter value."""
-    positive = {"eta", "temp"} | ({"tau"} if algo.endswith("_entropy") else set())
-    if key in positive:
+    if key in ("eta", "temp"):
         errors.number(field, value, low=0.0, low_open=True)
     else:
         errors.number(field, value, low=0.0)

@@ -19,6 +19,19 @@ import entropy_sim as es  # noqa: E402
 from entropy_sim import envs, errors, policies  # noqa: E402
 
 
+# One compiled evaluation per environment shape; tau is traced, so both tau values share it.
+EVAL = jax.jit(lambda env, theta, tau: env.evaluate(theta, tau))
+
+
+def evaluate(env, theta, tau=0.0):
+    return EVAL(env, jnp.asarray(theta, jnp.float64), jnp.asarray(tau, jnp.float64))
+
+
+def normal(seed, shape, scale=1.0):
+    """Random logits from numpy (cheaper than compiling a jax.random call per shape)."""
+    return scale * np.random.default_rng(seed).standard_normal(shape)
+
+
 # ----------------------------------------------------------------------------- numpy references
 
 def np_policy(theta):
@@ -111,92 +124,97 @@ def brute_force_tree(theta, rewards, rho, vocab, length, tau):
 
 # ----------------------------------------------------------------------------- MDPs
 
-GARNETS = [
-    # (seed, states, actions, branching, gamma)
-    (0, 5, 3, 2, 0.9),
-    (1, 8, 2, 3, 0.7),
-    (2, 6, 4, 6, 0.95),
-    (3, 4, 3, 1, 0.5),
+GARNET_SHAPES = [
+    # (states, actions, branching, gamma)
+    (5, 3, 2, 0.9),
+    (6, 4, 6, 0.95),
+    (4, 3, 1, 0.5),
 ]
+KEYS_PER_SHAPE = 2
 
 
-@pytest.mark.parametrize("seed, states, actions, branching, gamma", GARNETS)
+@pytest.fixture(scope="module")
+def garnets():
+    """``[(env, theta)]``: two random Garnet MDPs of every shape, with random logits."""
+    out = []
+    for i, (states, actions, branching, gamma) in enumerate(GARNET_SHAPES):
+        for j in range(KEYS_PER_SHAPE):
+            env = envs.garnet(jax.random.PRNGKey(10 * i + j), states, actions, branching, gamma)
+            out.append((env, normal(10 * i + j, (states, actions), 1.5)))
+    return out
+
+
 @pytest.mark.parametrize("tau", [0.0, 0.3])
 def test_mdp_values_from_the_linear_solve_agree_with_iterative_policy_evaluation_on_garnets(
-        seed, states, actions, branching, gamma, tau):
-    key = jax.random.PRNGKey(seed)
-    env = envs.garnet(key, states, actions, branching, gamma)
-    theta = 1.5 * jax.random.normal(jax.random.fold_in(key, 7), (states, actions))
-    ev = env.evaluate(theta, tau)
-
-    pi, log_pi, ent = np_policy(theta)
-    v, q, adv = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, tau)
-    np.testing.assert_allclose(ev.pi, pi, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(ev.ent, ent, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(ev.v, v, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(ev.q, q, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(ev.adv, adv, rtol=0, atol=1e-10)
-    # The soft advantage is centred under the policy: E_pi[A_tau] = 0.
-    np.testing.assert_allclose((pi * np.asarray(ev.adv)).sum(-1), 0.0, atol=1e-10)
+        garnets, tau):
+    for env, theta in garnets:
+        ev = evaluate(env, theta, tau)
+        pi, log_pi, ent = np_policy(theta)
+        v, q, adv = iterative_policy_evaluation(env.P, env.r, float(env.gamma), pi, log_pi, tau)
+        np.testing.assert_allclose(ev.pi, pi, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(ev.log_pi, log_pi, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ev.ent, ent, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ev.v, v, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(ev.q, q, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(ev.adv, adv, rtol=0, atol=1e-10)
+        # The soft advantage is centred under the policy: E_pi[A_tau] = 0.
+        np.testing.assert_allclose((pi * np.asarray(ev.adv)).sum(-1), 0.0, atol=1e-10)
 
 
-@pytest.mark.parametrize("seed, states, actions, branching, gamma", GARNETS)
-def test_mdp_occupancy_is_a_distribution_equal_to_the_discounted_power_series(
-        seed, states, actions, branching, gamma):
-    key = jax.random.PRNGKey(100 + seed)
-    env = envs.garnet(key, states, actions, branching, gamma)
-    # A non-uniform start distribution, so that mu and d cannot coincide by symmetry.
-    mu = np.asarray(jax.random.dirichlet(jax.random.fold_in(key, 1), jnp.ones(states)))
-    env = envs.mdp(np.asarray(env.P), np.asarray(env.r), gamma, mu / mu.sum())
-    theta = jax.random.normal(jax.random.fold_in(key, 2), (states, actions))
-    ev = env.evaluate(theta)
-
-    occ = np.asarray(ev.occ)
-    assert occ.shape == (states,)
-    assert np.all(occ >= -1e-15)
-    assert occ.sum() == pytest.approx(1.0, abs=1e-12)
-    pi, _, _ = np_policy(theta)
-    np.testing.assert_allclose(occ, occupancy_by_iteration(env.P, gamma, env.mu, pi), atol=1e-12)
+def test_mdp_occupancy_is_a_distribution_equal_to_the_discounted_power_series(garnets):
+    for i, (env, theta) in enumerate(garnets):
+        states = env.num_states
+        # A non-uniform start distribution, so that mu and d cannot coincide by symmetry.
+        mu = np.random.default_rng(i).dirichlet(np.ones(states))
+        env = envs.mdp(np.asarray(env.P), np.asarray(env.r), float(env.gamma), mu)
+        occ = np.asarray(evaluate(env, theta).occ)
+        assert occ.shape == (states,)
+        assert np.all(occ >= -1e-15)
+        assert occ.sum() == pytest.approx(1.0, abs=1e-12)
+        pi, _, _ = np_policy(theta)
+        np.testing.assert_allclose(occ, occupancy_by_iteration(env.P, float(env.gamma), mu, pi),
+                                   atol=1e-12)
 
 
-@pytest.mark.parametrize("seed, states, actions, branching, gamma", GARNETS)
 @pytest.mark.parametrize("tau", [0.0, 0.25])
 def test_mdp_return_is_mu_dot_v_and_the_unregularised_return_removes_the_entropy_bonus(
-        seed, states, actions, branching, gamma, tau):
-    key = jax.random.PRNGKey(200 + seed)
-    env = envs.garnet(key, states, actions, branching, gamma)
-    theta = 2.0 * jax.random.normal(jax.random.fold_in(key, 3), (states, actions))
-    ev = env.evaluate(theta, tau)
-    pi, log_pi, ent = np_policy(theta)
-    mu = np.asarray(env.mu)
-
-    v_soft, _, _ = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, tau)
-    v_plain, _, _ = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, 0.0)
-    d = occupancy_by_iteration(env.P, gamma, mu, pi)
-    assert float(ev.ret_reg) == pytest.approx(mu @ v_soft, abs=1e-10)
-    assert float(ev.ret) == pytest.approx(mu @ v_plain, abs=1e-10)
-    assert float(env.horizon) == pytest.approx(1 / (1 - gamma))
-    assert float(ev.ret) == pytest.approx(
-        float(ev.ret_reg) - tau * (1 / (1 - gamma)) * (d @ ent), abs=1e-10)
-    assert float(ev.entropy) == pytest.approx(d @ ent, abs=1e-12)
-    np.testing.assert_allclose(ev.success, [mu @ v_plain], atol=1e-10)
+        garnets, tau):
+    for env, theta in garnets:
+        gamma = float(env.gamma)
+        ev = evaluate(env, theta, tau)
+        pi, log_pi, ent = np_policy(theta)
+        mu = np.asarray(env.mu)
+        v_soft, _, _ = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, tau)
+        v_plain, _, _ = iterative_policy_evaluation(env.P, env.r, gamma, pi, log_pi, 0.0)
+        d = occupancy_by_iteration(env.P, gamma, mu, pi)
+        assert float(env.horizon) == pytest.approx(1 / (1 - gamma))
+        assert float(ev.ret_reg) == pytest.approx(mu @ v_soft, abs=1e-10)
+        assert float(ev.ret) == pytest.approx(mu @ v_plain, abs=1e-10)
+        assert float(ev.ret) == pytest.approx(
+            float(ev.ret_reg) - tau * (1 / (1 - gamma)) * (d @ ent), abs=1e-10)
+        assert float(ev.entropy) == pytest.approx(d @ ent, abs=1e-12)
+        np.testing.assert_allclose(ev.success, [mu @ v_plain], atol=1e-10)
 
 
-@pytest.mark.parametrize("states, actions, branching", [(6, 3, 1), (6, 3, 2), (7, 2, 4), (5, 4, 5)])
-def test_garnet_transitions_are_row_stochastic_with_exactly_branching_successors(
-        states, actions, branching):
-    keys = jax.random.split(jax.random.PRNGKey(states * 10 + branching), 5)
-    batch = jax.vmap(lambda k: envs.garnet(k, states, actions, branching, 0.9))(keys)
-    P = np.asarray(batch.P)
-    assert P.shape == (5, states, actions, states)
-    assert np.all(P >= 0)
-    np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-12)
-    np.testing.assert_array_equal((P > 0).sum(-1), branching)
-    r = np.asarray(batch.r)
-    assert np.all((r >= 0) & (r <= 1))
-    np.testing.assert_allclose(np.asarray(batch.mu), 1.0 / states)
-    # Different keys give different MDPs.
-    assert not np.allclose(P[0], P[1])
+def test_garnet_transitions_are_row_stochastic_with_exactly_branching_successors(garnets):
+    shapes = [shape for shape in GARNET_SHAPES for _ in range(KEYS_PER_SHAPE)]
+    for (env, _), (states, actions, branching, gamma) in zip(garnets, shapes):
+        P = np.asarray(env.P)
+        assert P.shape == (states, actions, states)
+        assert P.dtype == np.float64
+        assert np.all(P >= 0)
+        np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-12)
+        np.testing.assert_array_equal((P > 0).sum(-1), branching)
+        r = np.asarray(env.r)
+        assert r.shape == (states, actions) and np.all((r >= 0) & (r <= 1))
+        np.testing.assert_allclose(np.asarray(env.mu), 1.0 / states)
+        assert float(env.gamma) == gamma
+    # Different keys give different MDPs (unless every row is forced to one successor... it is not).
+    for i in range(0, len(garnets), KEYS_PER_SHAPE):
+        assert not np.allclose(garnets[i][0].r, garnets[i + 1][0].r)
+    # With branching > 1 the successors of a state-action pair are spread over several states.
+    P = np.asarray(garnets[0][0].P)
+    assert len({tuple(np.flatnonzero(row)) for row in P.reshape(-1, P.shape[-1])}) > 1
 
 
 def test_chain_is_row_stochastic_and_moves_right_on_action_zero_and_back_otherwise():
@@ -240,7 +258,7 @@ def test_a_hand_made_mdp_given_as_nested_lists_validates_and_evaluates_in_closed
     assert env.num_states == 2 and env.num_actions == 2
     # Uniform policy: P_pi = [[.5, .5], [.5, .5]], r_pi = [0, .5].
     # V = r_pi + gamma P_pi V  =>  V = r_pi + gamma * mean(V) * 1; mean(V) = 0.25 / (1 - 0.5) = 0.5.
-    ev = env.evaluate(jnp.zeros((2, 2)))
+    ev = evaluate(env, np.zeros((2, 2)))
     np.testing.assert_allclose(ev.v, [0.25, 0.75], atol=1e-14)
     assert float(ev.ret) == pytest.approx(0.25, abs=1e-14)
     # d = (1 - gamma) mu^T (I - gamma P_pi)^-1 = 0.5 * mu + 0.5 * (0.5, 0.5).
@@ -285,8 +303,8 @@ def test_token_tree_evaluation_equals_brute_force_enumeration_of_all_responses(
     nodes = sum(vocab ** t for t in range(length))
     assert env.num_states == num_prompts * nodes
     assert float(env.horizon) == length
-    theta = 1.3 * jax.random.normal(jax.random.PRNGKey(vocab * 31 + length), (env.num_states, vocab))
-    ev = env.evaluate(theta, tau)
+    theta = normal(vocab * 31 + length, (env.num_states, vocab), 1.3)
+    ev = evaluate(env, theta, tau)
 
     answer_sets = [{tuple(a) for a in prompt} for prompt in answers]
     rewards = lambda p, seq: float(tuple(seq) in answer_sets[p])  # noqa: E731
@@ -319,12 +337,12 @@ def test_token_tree_correct_mask_and_last_level_q_match_brute_force(vocab, lengt
     rho_np = np.full(num_prompts, 1 / num_prompts) if rho is None else np.asarray(rho)
     answer_sets = [{tuple(a) for a in prompt} for prompt in answers]
     rewards = lambda p, seq: float(tuple(seq) in answer_sets[p])  # noqa: E731
-    theta = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (env.num_states, vocab)))
+    theta = normal(5, (env.num_states, vocab))
     *_, correct = brute_force_tree(theta, rewards, rho_np, vocab, length, 0.0)
     np.testing.assert_array_equal(np.asarray(env.correct_mask()), correct)
 
     # Q at the last level is the reward of the completed response, whatever the policy and tau.
-    ev = env.evaluate(jnp.asarray(theta), 0.7)
+    ev = evaluate(env, theta, 0.7)
     for p in range(num_prompts):
         for prefix in itertools.product(range(vocab), repeat=length - 1):
             row = tree_row(p, prefix, vocab, length)
@@ -353,8 +371,8 @@ def test_random_token_tree_has_num_correct_answers_per_prompt_and_matches_brute_
     assert not np.array_equal(reward[0], reward[1])  # prompts get their own answers
     seqs = [tuple(s) for s in envs.all_sequences(3, 3)]
     rewards = lambda p, seq: reward[p, seqs.index(tuple(seq))]  # noqa: E731
-    theta = jax.random.normal(jax.random.PRNGKey(4), (env.num_states, 3))
-    ev = env.evaluate(theta)
+    theta = normal(4, (env.num_states, 3))
+    ev = evaluate(env, theta)
     success, *_ = brute_force_tree(np.asarray(theta), rewards, np.full(3, 1 / 3), 3, 3, 0.0)
     np.testing.assert_allclose(ev.success, success, atol=1e-12)
 
@@ -364,7 +382,7 @@ def test_pass_at_k_columns_equal_one_minus_the_failure_probability_to_the_power_
     answers = [[[0, 1, 1], [1, 0, 0]], [[1, 1, 1]]]
     rho = [0.4, 0.6]
     env = envs.token_tree(vocab, length, answers, rho)
-    theta0 = np.asarray(jax.random.normal(jax.random.PRNGKey(11), (env.num_states, vocab)))
+    theta0 = normal(11, (env.num_states, vocab))
     res = es.run({"seeds": 1, "steps": 1, "dtype": "float64", "pass_at": [1, 3, 16],
                   "env": {"kind": "token_tree", "vocab": vocab, "length": length,
                           "answers": answers, "rho": rho},
@@ -386,8 +404,8 @@ def test_contextual_bandit_has_occupancy_rho_q_equal_r_and_return_rho_dot_pi_r(t
     r = np.array([[1.0, 0.2, 0.0, 0.5], [0.3, 0.3, 0.9, 0.1], [0.0, 1.0, 0.4, 0.4]])
     rho = np.array([0.5, 0.2, 0.3])
     env = envs.contextual_bandit(r.tolist(), rho.tolist())
-    theta = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
-    ev = env.evaluate(theta, tau)
+    theta = normal(0, (3, 4))
+    ev = evaluate(env, theta, tau)
     pi, log_pi, ent = np_policy(theta)
     np.testing.assert_allclose(ev.occ, rho, atol=0)
     np.testing.assert_allclose(ev.q, r, atol=0)
@@ -407,7 +425,7 @@ def test_a_bandit_is_a_contextual_bandit_with_one_context():
     assert env.num_states == 1 and env.num_actions == 3
     theta = jnp.array([[0.2, -1.0, 0.5]])
     pi, _, _ = np_policy(theta)
-    ev = env.evaluate(theta)
+    ev = evaluate(env, theta)
     assert float(ev.ret) == pytest.approx(pi[0] @ [0.1, 0.7, 0.3], abs=1e-14)
     np.testing.assert_allclose(ev.occ, [1.0])
 

@@ -120,13 +120,14 @@ CBANDIT = envs.contextual_bandit([[0.1, 0.7, 0.3, 0.9], [0.5, 0.2, 0.8, 0.4], [1
 BINARY_CBANDIT = envs.contextual_bandit([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 1]], [0.2, 0.5, 0.3])
 THETA_CB = jnp.array([[0.3, -1.1, 0.9, 0.1], [1.4, 0.2, -0.6, -0.3], [-0.2, 0.8, 0.5, -1.3]])
 
-GARNET = envs.garnet(jax.random.PRNGKey(5), 6, 3, 2, 0.9)
+# Built under jit: the generators are pure, and eager JAX would compile each of their primitives.
+GARNET = jax.jit(envs.garnet, static_argnums=(1, 2, 3, 4))(jax.random.PRNGKey(5), 6, 3, 2, 0.9)
 THETA_GARNET = jnp.array(np.random.default_rng(12).normal(size=(6, 3)))
 
 TREE = envs.token_tree(3, 3, [[[0, 1, 2], [2, 2, 0]], [[1, 1, 1]]], rho=[0.6, 0.4])
 THETA_TREE = jnp.array(np.random.default_rng(13).normal(size=(TREE.num_states, 3)))
 
-RTREE = envs.random_token_tree(jax.random.PRNGKey(7), 2, 4, prompts=2, num_correct=3)
+RTREE = jax.jit(envs.random_token_tree, static_argnums=(1, 2, 3, 4))(jax.random.PRNGKey(7), 2, 4, 2, 3)
 THETA_RTREE = jnp.array(0.7 * np.random.default_rng(14).normal(size=(RTREE.num_states, 2)))
 
 ENVS = {
@@ -418,29 +419,41 @@ def test_pg_rule_is_entropy_regularised_pg_at_tau_zero_and_scales_linearly_with_
 # Each rule's dz against THEORY.md's T4 table, from independent values
 # --------------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("name", "rule"))
-def _dz_vs_table(name, rule, eta, tau):
-    env, theta = ENVS[name]
-    hp = dict(eta=eta, tau=tau) if rule.endswith("entropy") else dict(eta=eta)
-    _, theta_next, _ = run_rule(rule, env, theta, hp)
-    if name == "garnet":
-        ref = ref_mdp(env, theta, tau)
-        d, pi, adv, gamma = ref["occ"], ref["pi"], ref["adv"], env.gamma
-    else:
-        pi, log_pi, _ = ref_policy(theta)
-        soft_r = env.r - tau * log_pi
-        d, adv, gamma = env.rho, soft_r - jnp.sum(pi * soft_r, -1, keepdims=True), 0.0
-    if rule.startswith("pg"):
-        dz = eta * (d / (1 - gamma))[:, None] * pi * adv
-    else:
-        dz = eta * adv
-    return theta_next - theta, dz
+TABLE_RULES = [("pg", 0.0), ("npg", 0.0), ("pg_entropy", 0.3), ("npg_entropy", 0.3)]
 
 
-@pytest.mark.parametrize("rule,tau", [("pg", 0.0), ("npg", 0.0), ("pg_entropy", 0.3), ("npg_entropy", 0.3)])
+@functools.lru_cache(maxsize=None)
+def dz_vs_table(name):
+    """``{rule: (dz of the rule, dz from the table)}`` for every rule of TABLE_RULES, one jit."""
+
+    @jax.jit
+    def go(eta):
+        env, theta = ENVS[name]
+        out = {}
+        for rule, tau in TABLE_RULES:
+            hp = dict(eta=eta, tau=jnp.asarray(tau)) if rule.endswith("entropy") else dict(eta=eta)
+            _, theta_next, _ = run_rule(rule, env, theta, hp)
+            if name == "garnet":
+                ref = ref_mdp(env, theta, tau)
+                d, pi, adv, gamma = ref["occ"], ref["pi"], ref["adv"], env.gamma
+            else:
+                pi, log_pi, _ = ref_policy(theta)
+                soft_r = env.r - tau * log_pi
+                d, adv, gamma = env.rho, soft_r - jnp.sum(pi * soft_r, -1, keepdims=True), 0.0
+            if rule.startswith("pg"):
+                dz = eta * (d / (1 - gamma))[:, None] * pi * adv
+            else:
+                dz = eta * adv
+            out[rule] = (theta_next - theta, dz)
+        return out
+
+    return go(jnp.asarray(0.7))
+
+
+@pytest.mark.parametrize("rule,tau", TABLE_RULES)
 @pytest.mark.parametrize("name", ["contextual_bandit", "garnet"])
 def test_rule_logit_change_equals_the_t4_table_formula_with_independent_values(name, rule, tau):
-    actual, expected = _dz_vs_table(name, rule, jnp.asarray(0.7), jnp.asarray(tau))
+    actual, expected = dz_vs_table(name)[rule]
     assert float(jnp.max(jnp.abs(expected))) > 1e-3
     close(actual, expected, rtol=1e-9, atol=1e-13)
 
@@ -457,20 +470,26 @@ T3_RULES = [
 ]
 
 
-@functools.partial(jax.jit, static_argnames="rule")
-def _bandit_t3(rule, hp):
-    env, theta = BANDIT, THETA_BANDIT
-    _, theta_next, _ = run_rule(rule, env, theta, hp)
-    pi, log_pi, ent = ref_policy(theta)
-    _, _, ent_next = ref_policy(theta_next)
-    return ent_next[0] - ent[0], -ref_cov(pi, log_pi, theta_next - theta)[0]
+@functools.lru_cache(maxsize=None)
+def bandit_t3(rule, extra):
+    """``{eta: (realized dH, T3 prediction)}`` of one step of ``rule`` on BANDIT, etas vmapped."""
+    etas = (0.02, 0.01)
+
+    @jax.jit
+    def go(eta):
+        env, theta = BANDIT, THETA_BANDIT
+        _, theta_next, _ = run_rule(rule, env, theta, dict(hparams(**dict(extra)), eta=eta))
+        pi, log_pi, ent = ref_policy(theta)
+        _, _, ent_next = ref_policy(theta_next)
+        return ent_next[0] - ent[0], -ref_cov(pi, log_pi, theta_next - theta)[0]
+
+    real, pred = jax.vmap(go)(jnp.asarray(etas))
+    return {eta: (float(real[i]), float(pred[i])) for i, eta in enumerate(etas)}
 
 
 @pytest.mark.parametrize("rule,extra", T3_RULES)
 def test_bandit_entropy_change_minus_covariance_prediction_quarters_when_eta_halves(rule, extra):
-    eta = 0.02
-    real1, pred1 = map(float, _bandit_t3(rule, hparams(eta=eta, **extra)))
-    real2, pred2 = map(float, _bandit_t3(rule, hparams(eta=eta / 2, **extra)))
+    (real1, pred1), (real2, pred2) = bandit_t3(rule, tuple(extra.items())).values()
     assert abs(pred1) > 1e-4  # the first-order term is really there ...
     close(pred1 / pred2, 2.0, rtol=1e-9)  # ... and exactly linear in eta
     err1, err2 = abs(real1 - pred1), abs(real2 - pred2)
@@ -478,9 +497,19 @@ def test_bandit_entropy_change_minus_covariance_prediction_quarters_when_eta_hal
     assert 3.0 < err1 / err2 < 5.0, err1 / err2
 
 
-@functools.partial(jax.jit, static_argnames="rule")
-def _garnet_t3(rule, hp):
+GARNET_ETAS = (0.04, 0.02, 0.01)
+
+
+@functools.lru_cache(maxsize=None)
+def garnet_t3_all(rule, extra):
+    """``(metrics, mine)`` dicts of ``[len(GARNET_ETAS)]`` arrays: package vs independent values."""
+    go = functools.partial(_garnet_t3, rule, hparams(**dict(extra)))
+    return jax.jit(jax.vmap(go))(jnp.asarray(GARNET_ETAS))
+
+
+def _garnet_t3(rule, hp, eta):
     env, theta = GARNET, THETA_GARNET
+    hp = dict(hp, eta=eta)
     tau = hp.get("tau", 0.0)
     ev, theta_next, _ = run_rule(rule, env, theta, hp)
     ev_next = env.evaluate(theta_next, tau)
@@ -497,10 +526,11 @@ def _garnet_t3(rule, hp):
 
 
 def garnet_t3(rule, extra, eta):
-    metrics, mine = _garnet_t3(rule, hparams(eta=eta, **extra))
+    metrics, mine = garnet_t3_all(rule, tuple(extra.items()))
+    i = GARNET_ETAS.index(eta)
     for name, value in mine.items():
-        close(metrics[name], value, rtol=1e-9, atol=1e-15, msg=name)
-    return {k: float(v) for k, v in mine.items()}
+        close(metrics[name][i], value[i], rtol=1e-9, atol=1e-15, msg=name)
+    return {k: float(v[i]) for k, v in mine.items()}
 
 
 @pytest.mark.parametrize("rule,extra", T3_RULES)
@@ -551,24 +581,32 @@ def independent_occupancy(name, env, theta):
     return env.rho
 
 
-@functools.partial(jax.jit, static_argnames=("name", "rule"))
-def _closed_vs_t3(name, rule, hp):
-    env, theta = ENVS[name]
-    _, theta_next, info = run_rule(rule, env, theta, hp)
-    pi, log_pi, _ = ref_policy(theta)
-    d = independent_occupancy(name, env, theta)
-    return info["dH_pred_closed"], -d @ ref_cov(pi, log_pi, theta_next - theta)
+@functools.lru_cache(maxsize=None)
+def closed_vs_t3(name):
+    """``[(closed form, T3 on dz)]`` for every rule of T4_RULES on ``ENVS[name]``, one jit."""
+
+    @jax.jit
+    def go(eta):
+        env, theta = ENVS[name]
+        pi, log_pi, _ = ref_policy(theta)
+        d = independent_occupancy(name, env, theta)
+        out = []
+        for rule, extra in T4_RULES:
+            _, theta_next, info = run_rule(rule, env, theta, dict(hparams(**extra), eta=eta))
+            out.append((info["dH_pred_closed"], -d @ ref_cov(pi, log_pi, theta_next - theta)))
+        return out
+
+    return [tuple(map(float, pair)) for pair in go(jnp.asarray(0.5))]
 
 
 @pytest.mark.parametrize("name", ["contextual_bandit", "garnet", "token_tree"])
-@pytest.mark.parametrize("rule,extra", T4_RULES)
-def test_rule_closed_form_entropy_change_equals_covariance_law_on_its_own_logit_change(name, rule, extra):
-    closed, t3 = map(float, _closed_vs_t3(name, rule, hparams(eta=0.5, **extra)))
+@pytest.mark.parametrize("index", range(len(T4_RULES)), ids=[f"{r}-{e}" for r, e in T4_RULES])
+def test_rule_closed_form_entropy_change_equals_covariance_law_on_its_own_logit_change(name, index):
+    closed, t3 = closed_vs_t3(name)[index]
     assert abs(t3) > 1e-6
     assert abs(closed - t3) <= 1e-10 * abs(t3), (closed, t3)
 
 
-@functools.partial(jax.jit, static_argnames="rule")
 def _cbandit_table(rule, hp):
     env, theta, eta = BINARY_CBANDIT, THETA_CB, hp["eta"]
     _, _, info = run_rule(rule, env, theta, hp)
@@ -592,9 +630,16 @@ def _cbandit_table(rule, hp):
     return info["dH_pred_closed"], d @ dh
 
 
-@pytest.mark.parametrize("rule,extra", T4_RULES)
-def test_contextual_bandit_closed_forms_equal_the_t4_table_computed_in_the_test(rule, extra):
-    closed, expected = map(float, _cbandit_table(rule, hparams(eta=0.5, **extra)))
+@functools.lru_cache(maxsize=None)
+def cbandit_table():
+    go = jax.jit(lambda eta: [_cbandit_table(rule, dict(hparams(**extra), eta=eta))
+                              for rule, extra in T4_RULES])
+    return [tuple(map(float, pair)) for pair in go(jnp.asarray(0.5))]
+
+
+@pytest.mark.parametrize("index", range(len(T4_RULES)), ids=[f"{r}-{e}" for r, e in T4_RULES])
+def test_contextual_bandit_closed_forms_equal_the_t4_table_computed_in_the_test(index):
+    closed, expected = cbandit_table()[index]
     assert abs(expected) > 1e-5
     close(closed, expected, rtol=1e-10)
 
