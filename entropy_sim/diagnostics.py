@@ -30,18 +30,20 @@ def step_metrics(ev: Evaluation, ev_next: Evaluation, dz: Array) -> dict[str, Ar
     - ``grad_sq_norm = sum_s d_k(s) (1 - sum_a pi_k^2)`` (T1) and ``renyi2 = sum_s d_k(s) H_2``.
     """
     occ = ev.occ
-    entropy = jnp.sum(occ * ev.ent)
-    entropy_next = jnp.sum(ev_next.occ * ev_next.ent)
+    # Per-state H_{k+1}(s) - H_k(s) from the logit change: the same number as the difference of
+    # the two entropies, without its float32 cancellation (softmax.entropy_change).
+    within = jnp.sum(occ * softmax.entropy_change(ev.pi, ev.log_pi, dz))
+    shift = jnp.sum((ev_next.occ - occ) * ev_next.ent)
     return {
-        "entropy": entropy,
-        "dH_realized": entropy_next - entropy,
+        "entropy": jnp.sum(occ * ev.ent),
+        "dH_realized": within + shift,
         "dH_pred_cov": -jnp.sum(occ * softmax.cov(ev.pi, ev.log_pi, dz)),
-        "dH_within": jnp.sum(occ * (ev_next.ent - ev.ent)),
-        "dH_shift": jnp.sum((ev_next.occ - occ) * ev_next.ent),
+        "dH_within": within,
+        "dH_shift": shift,
         "return": ev.ret,
         "renyi2": jnp.sum(occ * softmax.renyi2(ev.pi)),
         "grad_sq_norm": jnp.sum(occ * softmax.grad_sq_norm(ev.pi)),
-        "kl": jnp.sum(occ * softmax.kl(ev_next.log_pi, ev.log_pi)),
+        "kl": jnp.sum(occ * softmax.kl_change(ev.pi, dz)),
         "kl_quad": 0.5 * jnp.sum(occ * softmax.var(ev.pi, dz)),
         "kl_bound": jnp.sum(occ * softmax.kl_bound(ev.pi, ev.ent, dz)),
         "dz_max": jnp.max(jnp.abs(dz)),
