@@ -1,0 +1,73 @@
+"""Every command and code block of the README runs (in a scratch folder), so the README stays true."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+import entropy_sim as es
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A folder that looks like the repository root, so relative paths in the README work."""
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_shell(line: str, cwd) -> None:
+    for command in line.split("&&"):
+        argv = shlex.split(command)
+        if argv[:2] == ["pip", "install"]:
+            continue  # installing is what CI itself does first (.ci/run)
+        if argv[0] == "entropy-sim":
+            argv = [sys.executable, "-m", "entropy_sim.cli"] + argv[1:]
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
+    commands = [b.strip() for b in blocks("bash")]
+    assert commands[0].startswith("pip install -e . && entropy-sim run experiments/demo.toml")
+    assert commands[1] == 'pip install -e ".[test]" && python -m pytest -q'
+    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_demo_command_writes_results_table_and_figure(scratch):
+    run_shell(blocks("bash")[0].strip(), scratch)
+    assert (scratch / "results/demo/metrics.parquet").exists()
+    assert (scratch / "results/demo/figures/overview.png").stat().st_size > 10_000
+
+
+def test_readme_cli_commands_run(scratch):
+    for line in blocks("bash")[2].strip().splitlines():
+        run_shell(line, scratch)
+    assert (scratch / "results/sweep/figures/overview.png").exists()
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_readme_python_blocks_run(scratch, index, capsys):
+    exec(compile(blocks("python")[index], f"README.md python block {index}", "exec"), {})
+    assert capsys.readouterr().out
+
+
+def test_readme_config_block_is_a_valid_config():
+    cfg = es.Config(tomllib.loads(blocks("toml")[0]))
+    assert cfg.sweep == {"eta": [0.05, 0.1]}
+
+
+def test_readme_image_exists_and_is_small():
+    for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
+        assert (ROOT / path).exists() and os.path.getsize(ROOT / path) < 400_000
