@@ -110,3 +110,12 @@ def test_plan_chunks_covers_every_step_in_multiples_of_log_every():
         plan = runner.plan_chunks(steps, every, chunk, bytes_per_step=10 ** 6)
         assert sum(n for _, n in plan) == steps and all(n % every == 0 for _, n in plan)
         assert [t0 for t0, _ in plan] == list(np.cumsum([0] + [n for _, n in plan])[:-1])
+
+
+def test_covariance_prediction_tracks_realized_change_with_correlation_above_0999_at_small_eta():
+    cfg = small_config(seeds=300, steps=100, env={"kind": "bandit", "arms": 10},
+                       algo={"name": "npg", "eta": 0.05})
+    df = es.run(cfg, progress=False).metrics
+    assert np.corrcoef(df.dH_pred_cov, df.dH_realized)[0, 1] > 0.999
+    # and the closed form of NPG is the same prediction
+    np.testing.assert_allclose(df.dH_pred_closed, df.dH_pred_cov, rtol=1e-3, atol=1e-7)
