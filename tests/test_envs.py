@@ -125,10 +125,11 @@ def brute_force_tree(theta, rewards, rho, vocab, length, tau):
 # ----------------------------------------------------------------------------- MDPs
 
 GARNET_SHAPES = [
-    # (states, actions, branching, gamma)
+    # (states, actions, branching, gamma): one state and action count (a random-number compile per
+    # shape is slow), branching from one successor to all of them.
+    (5, 3, 1, 0.5),
     (5, 3, 2, 0.9),
-    (6, 4, 6, 0.95),
-    (4, 3, 1, 0.5),
+    (5, 3, 5, 0.95),
 ]
 KEYS_PER_SHAPE = 2
 
@@ -144,10 +145,17 @@ def garnets():
     return out
 
 
+@pytest.fixture(scope="module")
+def mdps(garnets):
+    """The Garnets plus the structured MDPs (a chain and a slippery gridworld), with random logits."""
+    structured = [envs.chain(6, 3, 0.8, 0.05), envs.gridworld(3, 0.9, 0.2)]
+    return garnets + [(env, normal(50 + i, (env.num_states, env.num_actions), 2.0))
+                      for i, env in enumerate(structured)]
+
+
 @pytest.mark.parametrize("tau", [0.0, 0.3])
-def test_mdp_values_from_the_linear_solve_agree_with_iterative_policy_evaluation_on_garnets(
-        garnets, tau):
-    for env, theta in garnets:
+def test_mdp_values_from_the_linear_solve_agree_with_iterative_policy_evaluation(mdps, tau):
+    for env, theta in mdps:
         ev = evaluate(env, theta, tau)
         pi, log_pi, ent = np_policy(theta)
         v, q, adv = iterative_policy_evaluation(env.P, env.r, float(env.gamma), pi, log_pi, tau)
@@ -161,8 +169,8 @@ def test_mdp_values_from_the_linear_solve_agree_with_iterative_policy_evaluation
         np.testing.assert_allclose((pi * np.asarray(ev.adv)).sum(-1), 0.0, atol=1e-10)
 
 
-def test_mdp_occupancy_is_a_distribution_equal_to_the_discounted_power_series(garnets):
-    for i, (env, theta) in enumerate(garnets):
+def test_mdp_occupancy_is_a_distribution_equal_to_the_discounted_power_series(mdps):
+    for i, (env, theta) in enumerate(mdps):
         states = env.num_states
         # A non-uniform start distribution, so that mu and d cannot coincide by symmetry.
         mu = np.random.default_rng(i).dirichlet(np.ones(states))
@@ -177,9 +185,8 @@ def test_mdp_occupancy_is_a_distribution_equal_to_the_discounted_power_series(ga
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.25])
-def test_mdp_return_is_mu_dot_v_and_the_unregularised_return_removes_the_entropy_bonus(
-        garnets, tau):
-    for env, theta in garnets:
+def test_mdp_return_is_mu_dot_v_and_the_unregularised_return_removes_the_entropy_bonus(mdps, tau):
+    for env, theta in mdps:
         gamma = float(env.gamma)
         ev = evaluate(env, theta, tau)
         pi, log_pi, ent = np_policy(theta)
@@ -209,7 +216,7 @@ def test_garnet_transitions_are_row_stochastic_with_exactly_branching_successors
         assert r.shape == (states, actions) and np.all((r >= 0) & (r <= 1))
         np.testing.assert_allclose(np.asarray(env.mu), 1.0 / states)
         assert float(env.gamma) == gamma
-    # Different keys give different MDPs (unless every row is forced to one successor... it is not).
+    # Different keys give different MDPs.
     for i in range(0, len(garnets), KEYS_PER_SHAPE):
         assert not np.allclose(garnets[i][0].r, garnets[i + 1][0].r)
     # With branching > 1 the successors of a state-action pair are spread over several states.
@@ -430,7 +437,7 @@ def test_a_bandit_is_a_contextual_bandit_with_one_context():
     np.testing.assert_allclose(ev.occ, [1.0])
 
 
-@pytest.mark.parametrize("arms, contexts, num_correct", [(5, 4, 1), (6, 7, 2), (10, 3, 9)])
+@pytest.mark.parametrize("arms, contexts, num_correct", [(10, 3, 9)])
 def test_verifiable_generator_gives_exactly_num_correct_ones_per_prompt(arms, contexts, num_correct):
     keys = jax.random.split(jax.random.PRNGKey(arms), 6)
     batch = jax.vmap(lambda k: envs.random_bandit(k, arms, generator="verifiable",
@@ -468,7 +475,8 @@ def test_probs_init_round_trips_through_softmax_for_a_vector_and_a_table():
 
 def test_prior_init_puts_peak_on_one_random_action_and_shares_the_rest_equally():
     peak, arms = 0.7, 5
-    exp = es.build(_config({"kind": "contextual_bandit", "contexts": 6, "actions": arms},
+    r = np.random.default_rng(0).uniform(size=(6, arms))  # the rewards play no part here
+    exp = es.build(_config({"kind": "contextual_bandit", "r": r.tolist()},
                            {"init": "prior", "peak": peak}, seeds=4))
     pi = np_policy(exp.theta0)[0]  # [N, S, A]
     assert pi.shape == (4, 6, arms)
@@ -486,6 +494,7 @@ def test_prior_init_with_correct_mass_puts_that_total_mass_on_the_correct_answer
                            {"init": "prior", "peak": peak, "correct_mass": mass}, seeds=4))
     pi = np_policy(exp.theta0)[0]  # [N, S, A]
     correct = np.asarray(exp.env.r) > 0.5  # [N, S, A], per-seed environments
+    np.testing.assert_array_equal(correct.sum(-1), 2)  # the verifiable generator: 2 correct of 5
     np.testing.assert_allclose(pi.sum(-1), 1.0, atol=1e-12)
     np.testing.assert_allclose(np.where(correct, pi, 0).sum(-1), mass, atol=1e-12)
     # Relative probabilities inside and outside the correct set are those of the plain prior.
@@ -517,55 +526,75 @@ def test_prior_init_with_correct_mass_on_a_token_tree_leaves_states_without_corr
 # ----------------------------------------------------------------------------- reproducibility
 
 RANDOM_RUN = {"steps": 20, "dtype": "float64",
-              "env": {"kind": "mdp", "generator": "garnet", "states": 4, "actions": 3, "gamma": 0.8},
+              "env": {"kind": "contextual_bandit", "contexts": 3, "actions": 4},
               "policy": {"init": "gaussian", "scale": 1.0},
               "algo": {"name": "npg", "eta": [0.1, 0.5]}}
 
 
-def test_the_same_config_run_twice_gives_identical_arrays():
-    a = es.run({**RANDOM_RUN, "seeds": 3}, progress=False)
-    b = es.run({**RANDOM_RUN, "seeds": 3}, progress=False)
+@pytest.fixture(scope="module")
+def random_runs():
+    """The same random config (per-seed bandits and starts) run with 3, 3 again and 5 seeds."""
+    return (es.run({**RANDOM_RUN, "seeds": 3}, progress=False),
+            es.run({**RANDOM_RUN, "seeds": 3}, progress=False),
+            es.run({**RANDOM_RUN, "seeds": 5}, progress=False))
+
+
+def test_the_same_config_run_twice_gives_identical_arrays(random_runs):
+    a, b, _ = random_runs
     assert a.arrays.keys() == b.arrays.keys()
     for name in a.arrays:
+        assert a.arrays[name].shape == (2, 3, 20)
         np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
     np.testing.assert_array_equal(a.final_theta, b.final_theta)
     assert a.metrics.equals(b.metrics)
+    # The runs are not trivially constant: seeds differ from each other.
+    assert not np.allclose(a.arrays["return"][:, 0], a.arrays["return"][:, 1])
 
 
-def test_the_numbers_of_seed_n_do_not_change_when_the_number_of_seeds_grows():
-    small = es.run({**RANDOM_RUN, "seeds": 3}, progress=False)
-    large = es.run({**RANDOM_RUN, "seeds": 5}, progress=False)
+def test_the_numbers_of_seed_n_do_not_change_when_the_number_of_seeds_grows(random_runs):
+    small, _, large = random_runs
     for name in small.arrays:
-        assert large.arrays[name].shape[1] == 5
+        assert large.arrays[name].shape == (2, 5, 20)
         np.testing.assert_allclose(large.arrays[name][:, :3], small.arrays[name], rtol=1e-12,
                                    atol=1e-14, err_msg=name)
     np.testing.assert_allclose(large.final_theta[:, :3], small.final_theta, rtol=1e-12, atol=1e-14)
-    # And the extra seeds are genuinely different runs.
-    assert not np.allclose(large.arrays["return"][:, 3], large.arrays["return"][:, 0])
-    # The environments and starts themselves are bit-identical.
+    # The extra seeds are genuinely new runs.
+    for n in (3, 4):
+        assert not np.allclose(large.arrays["return"][:, n], large.arrays["return"][:, 0])
+    # The environments and starts of the first three seeds are bit-identical.
     e3 = es.build(es.Config({**RANDOM_RUN, "seeds": 3}))
     e5 = es.build(es.Config({**RANDOM_RUN, "seeds": 5}))
-    np.testing.assert_array_equal(np.asarray(e5.env.P)[:3], np.asarray(e3.env.P))
+    np.testing.assert_array_equal(np.asarray(e5.env.r)[:3], np.asarray(e3.env.r))
     np.testing.assert_array_equal(np.asarray(e5.theta0)[:3], np.asarray(e3.theta0))
 
 
-@pytest.mark.parametrize("env", [
-    {"kind": "bandit", "arms": 4},
-    {"kind": "mdp", "generator": "garnet", "states": 3, "actions": 2},
-    {"kind": "token_tree", "vocab": 2, "length": 2, "prompts": 2},
+def _differs_across_seeds(leaf):
+    leaf = np.asarray(leaf)
+    return all(not np.array_equal(leaf[n], leaf[0]) for n in range(1, leaf.shape[0]))
+
+
+@pytest.mark.parametrize("env, field", [
+    ({"kind": "bandit", "arms": 4}, "r"),
+    ({"kind": "token_tree", "vocab": 2, "length": 2, "prompts": 2, "num_correct": 2}, "reward"),
 ])
-def test_per_seed_environments_differ_across_seeds_and_shared_makes_them_equal(env):
+def test_per_seed_environments_differ_across_seeds_and_shared_makes_them_one(env, field):
+    base = {"seeds": 4, "steps": 5, "dtype": "float64", "algo": {"name": "pg", "eta": 0.5}}
+    own = es.build(es.Config({**base, "env": dict(env)}))
+    assert own.env_per_seed
+    assert getattr(own.env, field).shape[0] == 4
+    assert _differs_across_seeds(getattr(own.env, field))
+    shared = es.build(es.Config({**base, "env": {**env, "shared": True}}))
+    assert not shared.env_per_seed
+    assert getattr(shared.env, field).shape == getattr(own.env, field).shape[1:]
+
+
+def test_with_a_shared_environment_every_seed_from_the_same_start_follows_the_same_run():
     base = {"seeds": 4, "steps": 5, "dtype": "float64", "policy": {"init": "uniform"},
-            "algo": {"name": "pg", "eta": 0.5}}
-    own = es.run({**base, "env": {**env}}, progress=False)
-    shared = es.run({**base, "env": {**env, "shared": True}}, progress=False)
+            "algo": {"name": "pg", "eta": 0.5}, "env": {"kind": "bandit", "arms": 4}}
+    own = es.run(base, progress=False)
+    shared = es.run({**base, "env": {**base["env"], "shared": True}}, progress=False)
     ret_own, ret_shared = own.arrays["return"][0], shared.arrays["return"][0]  # [N, T]
     for n in range(1, 4):
         assert not np.allclose(ret_own[n, 1:], ret_own[0, 1:])
         np.testing.assert_array_equal(ret_shared[n], ret_shared[0])
         np.testing.assert_array_equal(shared.final_theta[0, n], shared.final_theta[0, 0])
-    exp = es.build(es.Config({**base, "env": {**env}}))
-    leaves = jax.tree.leaves(exp.env)
-    assert exp.env_per_seed and all(x.shape[0] == 4 for x in leaves)
-    exp_shared = es.build(es.Config({**base, "env": {**env, "shared": True}}))
-    assert not exp_shared.env_per_seed

@@ -258,6 +258,45 @@ def test_kl_bound_is_attained_to_second_order_by_a_two_action_uniform_policy_and
 
 
 @jax.jit
+def _tilted(theta, dz):
+    pi, log_pi, ent = ref_policy(theta)
+    _, log_next, ent_next = ref_policy(theta + dz)
+    return dict(dH=softmax.entropy_change(pi, log_pi, dz), dH_direct=ent_next - ent,
+                kl=softmax.kl_change(pi, dz), kl_direct=ref_kl(log_next, log_pi))
+
+
+def test_entropy_change_and_kl_from_the_logit_change_equal_differences_of_exact_entropies():
+    theta, direction = _kl_instances()
+    for eta in [1e-3, 0.1, 1.0]:  # small to large steps: these are exact, not expansions
+        out = _tilted(theta, eta * direction)
+        # The direct differences carry absolute rounding errors ~1e-15 (checked against 50-digit
+        # mpmath on the worst instances: there the package's values are the accurate ones).
+        close(out["dH"], out["dH_direct"], rtol=1e-8, atol=1e-14, msg=f"eta={eta}")
+        close(out["kl"], out["kl_direct"], rtol=1e-8, atol=1e-14, msg=f"eta={eta}")
+        assert np.all(np.asarray(out["kl"]) >= 0.0)
+
+
+def test_entropy_change_from_the_logit_change_keeps_second_order_accuracy_in_float32():
+    theta, direction = _kl_instances()
+    theta = theta[np.max(np.abs(np.asarray(theta)), -1) < 3.0]  # moderate policies
+    dz = 1e-3 * direction[:theta.shape[0]]
+    truth = _tilted(theta, dz)
+    f32 = _tilted(theta.astype(jnp.float32), dz.astype(jnp.float32))
+    assert f32["dH"].dtype == jnp.float32
+    dh_true, kl_true = np.asarray(truth["dH_direct"]), np.asarray(truth["kl_direct"])
+    # T3's second-order error is ~1e-3 of dH at |dz| ~ 1e-3; float32 must resolve dH far better
+    # (subtracting two float32 entropies does not: its error reaches several percent here).
+    err = np.abs(np.asarray(f32["dH"], np.float64) - dh_true)
+    assert np.all(err <= 1e-4 * np.abs(dh_true))
+    naive = np.abs(np.asarray(f32["dH_direct"], np.float64) - dh_true)
+    assert np.max(naive / np.abs(dh_true)) > 1e-3  # the check has teeth on this data
+    # KL: m = E_pi[expm1(u)] sums O(dz) terms to O(dz^2), so its relative accuracy is
+    # O(eps32 / |dz|) ~ 1e-4 (a few 1e-3 at worst), not O(eps32).
+    err_kl = np.abs(np.asarray(f32["kl"], np.float64) - kl_true)
+    assert np.all(err_kl <= 1e-2 * kl_true)
+
+
+@jax.jit
 def _garnet_metrics(dz):
     env, theta = GARNET, THETA_GARNET
     ev, ev_next = env.evaluate(theta, 0.0), env.evaluate(theta + dz, 0.0)
@@ -381,22 +420,27 @@ def independent_objective(name, env):
 
 
 @functools.partial(jax.jit, static_argnames="name")
-def _pg_vs_grad(name, tau):
+def _pg_vs_grad(name, eta, tau):
+    """For ``pg`` (``tau = 0``) and ``pg_entropy`` (``tau``): the sgd step over ``eta`` and
+    ``jax.grad`` of ``J_tau`` through ``env.evaluate`` and through the objective of this file."""
     env, theta = ENVS[name]
-    _, theta_next, _ = run_rule("pg_entropy", env, theta, dict(eta=jnp.asarray(1.0), tau=tau))
-    return dict(direction=theta_next - theta,
-                grad_eval=jax.grad(lambda th: env.evaluate(th, tau).ret_reg)(theta),
-                grad_ref=jax.grad(independent_objective(name, env))(theta, tau))
+    out = {}
+    for rule, t in [("pg", 0.0), ("pg_entropy", tau)]:
+        hp = dict(eta=eta) if rule == "pg" else dict(eta=eta, tau=t)
+        _, theta_next, _ = run_rule(rule, env, theta, hp)
+        out[rule] = dict(direction=(theta_next - theta) / eta,
+                         grad_eval=jax.grad(lambda th: env.evaluate(th, t).ret_reg)(theta),
+                         grad_ref=jax.grad(independent_objective(name, env))(theta, t))
+    return out
 
 
 @pytest.mark.parametrize("name", ["bandit", "contextual_bandit", "garnet", "token_tree"])
 def test_pg_rule_direction_equals_autodiff_gradient_of_the_exact_regularised_return(name):
-    for tau in [0.0, 0.3]:  # pg_entropy at tau = 0 is pg (checked against pg itself below)
-        out = _pg_vs_grad(name, jnp.asarray(tau))
+    for rule, out in _pg_vs_grad(name, jnp.asarray(0.5), jnp.asarray(0.3)).items():
         scale = float(jnp.max(jnp.abs(out["grad_ref"])))
         assert scale > 1e-3  # a non-trivial gradient
-        close(out["grad_eval"], out["grad_ref"], rtol=1e-8, atol=1e-12 * scale, msg=f"tau={tau}")
-        close(out["direction"], out["grad_ref"], rtol=1e-8, atol=1e-12 * scale, msg=f"tau={tau}")
+        close(out["grad_eval"], out["grad_ref"], rtol=1e-8, atol=1e-12 * scale, msg=rule)
+        close(out["direction"], out["grad_ref"], rtol=1e-8, atol=1e-12 * scale, msg=rule)
 
 
 @functools.partial(jax.jit, static_argnames="name")
