@@ -163,12 +163,7 @@ _ENV_KEYS = ("means", "arms", "generator", "low", "high", "p", "loc", "scale", "
              "states", "branching", "distractor", "size", "slip", "vocab", "length", "answers",
              "prompts")
 
-_GENERATOR_KEYS = {
-    "uniform": {"low": 0.0, "high": 1.0},
-    "bernoulli": {"p": 0.5},
-    "gaussian": {"loc": 0.0, "scale": 1.0},
-    "verifiable": {"num_correct": 1},
-}
+_GENERATOR_KEYS = ("low", "high", "p", "loc", "scale", "num_correct")
 
 
 def _resolve_env(sec: Section) -> tuple[dict, tuple[int, int]]:
@@ -199,7 +194,7 @@ def _bandit_generator(sec: Section, generators, arms: int) -> None:
             raise ConfigError(sec.field("num_correct"), f"must be below the number of actions "
                                                         f"{arms}, got {sec.resolved['num_correct']}")
     sec.boolean("shared", False)
-    sec.hints.update(k for keys in _GENERATOR_KEYS.values() for k in keys)
+    sec.hints.update(_GENERATOR_KEYS)
 
 
 def _noise(sec: Section) -> None:

@@ -14,11 +14,6 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def log_policy(theta: Array, temp: Array | float = 1.0) -> Array:
-    """``log softmax(theta / temp)`` over the last axis. ``[..., A] -> [..., A]``."""
-    return jax.nn.log_softmax(theta / temp, axis=-1)
-
-
 def entropy(theta: Array) -> Array:
     """Shannon entropy ``H = -sum_a pi_a log pi_a`` of ``softmax(theta)``. ``[..., A] -> [...]``.
 

@@ -119,7 +119,12 @@ class TokenTree:
 
     def sequence_index(self, tokens) -> int:
         """Index of a complete response (list of ``L`` token ids) in ``reward``'s last axis."""
-        return int(sum(int(o) * self.vocab ** (self.length - 1 - i) for i, o in enumerate(tokens)))
+        return sequence_index(tokens, self.vocab)
+
+
+def sequence_index(tokens, vocab: int) -> int:
+    """Index of the response ``tokens`` (base-``vocab`` digits, first token most significant)."""
+    return int(sum(int(o) * vocab ** (len(tokens) - 1 - i) for i, o in enumerate(tokens)))
 
 
 def token_tree(vocab: int, length: int, answers, rho=None) -> TokenTree:
@@ -139,7 +144,7 @@ def token_tree(vocab: int, length: int, answers, rho=None) -> TokenTree:
                     or (seq >= vocab).any():
                 raise errors.ConfigError(f"answers[{p}][{j}]", f"expected {length} token ids in "
                                                                f"[0, {vocab}), got {seq.tolist()}")
-            reward[p, int(sum(int(o) * vocab ** (length - 1 - i) for i, o in enumerate(seq)))] = 1.0
+            reward[p, sequence_index(seq, vocab)] = 1.0
     num_prompts = reward.shape[0]
     rho = np.full(num_prompts, 1.0 / num_prompts) if rho is None else errors.as_array("rho", rho, ndim=1)
     if rho.shape[0] != num_prompts:
