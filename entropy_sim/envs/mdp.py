@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors
-from entropy_sim.envs.base import Evaluation, float_dtype, policy, soft_values
+from entropy_sim.envs.base import Evaluation, float_dtype, policy
 
 Array = jax.Array
 
@@ -57,7 +57,7 @@ class TabularMDP:
         v = jax.scipy.linalg.lu_solve(lu, r_pi)
         occ = (1.0 - self.gamma) * jax.scipy.linalg.lu_solve(lu, self.mu, trans=1)
         q = self.r + self.gamma * jnp.einsum("sat,t->sa", self.P, v)
-        v, adv = soft_values(pi, log_pi, q, tau)
+        adv = q - tau * log_pi - v[:, None]  # A_tau; v is V_tau from the solve
         ret_reg = jnp.sum(self.mu * v)
         ret = ret_reg - tau * self.horizon * jnp.sum(occ * ent)
         return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=occ, q=q, v=v, adv=adv,
