@@ -33,7 +33,8 @@ import numpy as np
 
 from entropy_sim import errors
 from entropy_sim.errors import ConfigError
-from entropy_sim.rules import OPTIMIZERS, RULES
+from entropy_sim.algorithms import HPARAMS, RULES
+from entropy_sim.optim import OPTIMIZERS
 
 ENV_KINDS = ("bandit", "contextual_bandit", "mdp", "token_tree")
 POLICY_INITS = ("uniform", "probs", "logits", "gaussian", "prior")
@@ -151,7 +152,7 @@ def resolve(raw: dict) -> dict:
     out["env"] = env
     out["policy"] = _resolve_policy(Section("policy", top.raw("policy", {"init": "uniform"})),
                                     env, num_states, num_actions)
-    out["algo"] = _resolve_algo(Section("algo", top.raw("algo")))
+    out["algo"] = _resolve_algo(Section("algo", top.raw("algo")), num_actions)
     top.finish()
     return out
 
@@ -161,7 +162,7 @@ def resolve(raw: dict) -> dict:
 _ENV_KEYS = ("means", "arms", "generator", "low", "high", "p", "loc", "scale", "noise", "noise_std",
              "shared", "r", "rho", "contexts", "actions", "num_correct", "P", "gamma", "mu", "path",
              "states", "branching", "distractor", "size", "slip", "vocab", "length", "answers",
-             "prompts")
+             "prompts", "rollout_length")
 
 _GENERATOR_KEYS = ("low", "high", "p", "loc", "scale", "num_correct")
 
@@ -260,12 +261,14 @@ def _env_mdp(sec: Section) -> tuple[int, int]:
     if sources[0] == "P":
         sec.raw("P"), sec.raw("r"), sec.raw("gamma"), sec.raw("mu", None)
         env = mdp(sec.resolved["P"], sec.resolved["r"], sec.resolved["gamma"], sec.resolved["mu"])
+        _rollout_length(sec, float(env.gamma))
         return env.num_states, env.num_actions
     if sources[0] == "path":
         env = load_npz(sec.string("path"))
+        _rollout_length(sec, float(env.gamma))
         return env.num_states, env.num_actions
     gen = sec.choice("generator", ("garnet", "chain", "gridworld"))
-    sec.number("gamma", 0.9, low=0.0, high=1.0, high_open=True)
+    _rollout_length(sec, sec.number("gamma", 0.9, low=0.0, high=1.0, high_open=True))
     if gen == "garnet":
         states = sec.integer("states", minimum=1)
         actions = sec.integer("actions", minimum=2)
@@ -282,6 +285,12 @@ def _env_mdp(sec: Section) -> tuple[int, int]:
     size = sec.integer("size", minimum=2)
     sec.number("slip", 0.0, low=0.0, high=1.0)
     return size * size, 4
+
+
+def _rollout_length(sec: Section, gamma: float) -> None:
+    """Steps of a sampled MDP rollout; by default the least H with gamma^H <= 1e-3."""
+    from entropy_sim.envs import default_rollout_length
+    sec.integer("rollout_length", default_rollout_length(gamma), minimum=1)
 
 
 def _env_token_tree(sec: Section) -> tuple[int, int]:
@@ -329,7 +338,7 @@ def _resolve_policy(sec: Section, env: dict, num_states: int, num_actions: int) 
     return sec.finish()
 
 
-def _resolve_algo(sec: Section) -> dict:
+def _resolve_algo(sec: Section, num_actions: int) -> dict:
     name = sec.raw("name")
     if name not in RULES:
         raise ConfigError("algo.name", f"unknown algorithm {name!r}; choose from {', '.join(RULES)}")
@@ -341,24 +350,53 @@ def _resolve_algo(sec: Section) -> dict:
         if not values:
             raise ConfigError(sec.field(key), "a sweep list needs at least one value")
         for i, v in enumerate(values):
-            where = sec.field(key) + (f"[{i}]" if isinstance(value, list) else "")
-            _check_hparam(where, key, name, v)
-    extra = {k for r in RULES.values() for k in r.hparams}
+            _check_hparam(sec.field(key) + (f"[{i}]" if isinstance(value, list) else ""), key, v)
+    for key, option in spec.options.items():
+        _resolve_option(sec, key, option)
+    _check_combinations(sec, name, num_actions)
+    known = {k for r in RULES.values() for k in (*r.hparams, *r.options)}
     for key in sec.data:
-        if key in extra and key not in spec.hparams:
+        if key in known and key not in spec.hparams and key not in spec.options:
             hint = f"; for entropy regularisation use {name}_entropy" if f"{name}_entropy" in RULES else ""
-            raise ConfigError(sec.field(key), f"{name} takes no {key}; it takes "
-                                              f"{', '.join(spec.hparams)}{hint}")
-    sec.hints.update(extra)
+            takes = ", ".join([*spec.hparams, *spec.options])
+            raise ConfigError(sec.field(key), f"{name} takes no {key}; it takes {takes}{hint}")
+    sec.hints.update(known)
     return sec.finish()
 
 
-def _check_hparam(field: str, key: str, algo: str, value) -> None:
-    """Range checks of one hyperparameter value."""
-    if key in ("eta", "temp"):
-        errors.number(field, value, low=0.0, low_open=True)
+def _check_hparam(field: str, key: str, value) -> None:
+    """Range checks of one hyperparameter value (``algorithms.HPARAMS``)."""
+    low, high, low_open, high_open, whole, _ = HPARAMS[key]
+    value = errors.number(field, value, low=low, high=high, low_open=low_open, high_open=high_open)
+    if whole and value != int(value):
+        raise ConfigError(field, f"expected a whole number, got {value}")
+
+
+def _resolve_option(sec: Section, key: str, option) -> None:
+    """A static option: one value, not a sweep (it fixes shapes, so each value compiles anew)."""
+    if isinstance(sec.raw(key, option.default), list):
+        raise ConfigError(sec.field(key), "is a static option (it fixes array shapes) and cannot "
+                                          "be swept; run one config per value")
+    if option.choices:
+        sec.choice(key, option.choices, option.default)
     else:
-        errors.number(field, value, low=0.0)
+        sec.integer(key, option.default, minimum=option.minimum)
+
+
+def _check_combinations(sec: Section, name: str, num_actions: int) -> None:
+    """Checks that involve more than one field."""
+    values = lambda k: sec.resolved[k] if isinstance(sec.resolved[k], list) else [sec.resolved[k]]  # noqa: E731
+    if "w_low" in sec.resolved and max(values("w_low")) >= min(values("w_high")):
+        raise ConfigError(sec.field("w_high"), f"must exceed w_low = {max(values('w_low'))}, got "
+                                               f"{min(values('w_high'))}")
+    if "entropy_target" in sec.resolved:
+        top = float(np.log(num_actions))
+        if max(values("entropy_target")) > top:
+            raise ConfigError(sec.field("entropy_target"), f"{max(values('entropy_target'))} exceeds "
+                                                           f"the largest entropy log({num_actions}) = {top:.4f}")
+    if sec.resolved.get("baseline") in ("mean", "loo") and sec.resolved["batch"] < 2:
+        raise ConfigError(sec.field("batch"), f"baseline = {sec.resolved['baseline']!r} needs "
+                                              f"batch >= 2, got {sec.resolved['batch']}")
 
 
 # ----------------------------------------------------------------------------- the Config object

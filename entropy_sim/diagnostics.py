@@ -55,3 +55,34 @@ def pass_at_k(success: Array, rho: Array, ks: tuple[int, ...]) -> dict[str, Arra
     ``success, rho: [P]``."""
     fail = jnp.clip(1.0 - success, 0.0, 1.0)
     return {f"pass_at_{k}": jnp.sum(rho * (1.0 - fail ** k)) for k in ks}
+
+
+def temperature_law(ev: Evaluation, theta: Array, temp: Array, eta: Array) -> dict[str, Array]:
+    """AEPO's Theorem 4.3 at this step. Per state, with ``Q`` the action values of ``pi``
+    (the reward ``R`` in a bandit):
+
+        DeltaH_s(T) = -eta sum_b pi_T(b|s) Q(s, b) Cov_pi(theta, 1[. = b] - pi),
+
+    the first-order entropy change of REINFORCE on samples at temperature ``T`` (T4's last row).
+    The theorem: ``DeltaH_s(1) < 0`` implies ``d DeltaH_s / dT (1) > 0``. Columns: ``dH_temp``
+    = ``sum_s d(s) DeltaH_s(temp)``; ``dH_dT`` = ``sum_s d(s) DeltaH_s'(1)`` (exact, by
+    forward-mode differentiation in ``T``); ``thm43_premise`` = the occupancy of the states where
+    the premise holds; ``thm43_conclusion`` = the occupancy of those where the conclusion holds too
+    (equal to ``thm43_premise`` whenever the theorem holds; in a bandit both are 0 or 1).
+    """
+    centred = theta - softmax.mean(ev.pi, theta)[:, None]
+    cov_b = ev.pi * centred - softmax.cov(ev.pi, theta, ev.pi)[:, None]  # [S, B]
+
+    def per_state(t):
+        return -eta * jnp.sum(jax.nn.softmax(theta / t, axis=-1) * ev.q * cov_b, axis=-1)
+
+    one = jnp.ones((), theta.dtype)
+    at_one, slope = jax.jvp(per_state, (one,), (one,))
+    premise = at_one < 0
+    return {
+        "temp_used": jnp.asarray(temp, theta.dtype),
+        "dH_temp": jnp.sum(ev.occ * per_state(temp)),
+        "dH_dT": jnp.sum(ev.occ * slope),
+        "thm43_premise": jnp.sum(ev.occ * premise),
+        "thm43_conclusion": jnp.sum(ev.occ * (premise & (slope > 0))),
+    }

@@ -18,7 +18,7 @@ import numpy as np
 
 from entropy_sim import envs, policies
 from entropy_sim.config import Config
-from entropy_sim.rules import RULES, RuleSpec
+from entropy_sim.algorithms import RULES, RuleSpec
 
 Array = jax.Array
 
@@ -36,6 +36,7 @@ class Experiment:
       hparams: every hyperparameter of the rule as a ``[G]`` array (G grid points).
       swept: for each grid point, the values of the swept hyperparameters.
       rule: the update rule.
+      options: the rule's static options (batch sizes, baseline...).
     """
 
     config: Config
@@ -46,6 +47,7 @@ class Experiment:
     hparams: dict[str, Array]
     swept: list[dict]
     rule: RuleSpec
+    options: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_seeds(self) -> int:
@@ -82,11 +84,14 @@ def build(config: Config) -> Experiment:
     sub = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)  # noqa: E731
     env, per_seed = _build_env(config["env"], sub(0), shared_key)
     env = _cast(env, dtype)
+    if config["env"]["kind"] == "mdp":
+        env = dataclasses.replace(env, rollout_length=config["env"]["rollout_length"])
     theta0 = _build_policy(config["policy"], env, per_seed, sub(1), config["seeds"])
     hparams, swept = config.grid()
     return Experiment(config=config, env=env, env_per_seed=per_seed, theta0=theta0.astype(dtype),
                       keys=sub(2), hparams={k: jnp.asarray(v, dtype) for k, v in hparams.items()},
-                      swept=swept, rule=RULES[config["algo"]["name"]])
+                      swept=swept, rule=(rule := RULES[config["algo"]["name"]]),
+                      options={k: config["algo"][k] for k in rule.options})
 
 
 def _cast(tree, dtype):

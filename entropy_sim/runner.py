@@ -19,7 +19,8 @@ import numpy as np
 from entropy_sim.diagnostics import NAN_ALLOWED, pass_at_k, step_metrics
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.experiment import Experiment
-from entropy_sim.rules import RULES, make_optimizer
+from entropy_sim.algorithms import RULES
+from entropy_sim.optim import make_optimizer
 
 Array = jax.Array
 
@@ -47,12 +48,13 @@ def init_state(theta: Array, env, hp: dict, key: Array, *, opt_name: str) -> Run
 
 
 def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
-         pass_at: tuple[int, ...]) -> tuple[RunState, dict[str, Array]]:
+         pass_at: tuple[int, ...], options: tuple = ()) -> tuple[RunState, dict[str, Array]]:
     """One update ``pi_t -> pi_{t+1}`` of one seed at one grid point, and its diagnostics row."""
     opt = make_optimizer(opt_name, hp)
     tau = hp.get("tau", 0.0)
     theta_next, opt_state, info = RULES[rule].fn(
-        state.theta, state.opt_state, state.ev, env, hp, jax.random.fold_in(state.key, t), opt)
+        state.theta, state.opt_state, state.ev, env, hp, jax.random.fold_in(state.key, t), opt,
+        **dict(options))
     ev_next = env.evaluate(theta_next, tau)
     metrics = step_metrics(state.ev, ev_next, theta_next - state.theta)
     metrics.update(info)
@@ -81,10 +83,11 @@ def compiled_init(opt_name: str, env_per_seed: bool):
 
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_seed: bool,
-                   length: int, log_every: int):
+                   length: int, log_every: int, options: tuple = ()):
     """The jitted chunk ``(state, env, hp, t0) -> (state, metrics)``: ``length`` steps from step
-    ``t0``, logging every ``log_every``-th; metrics are ``{name: [G, N, length // log_every]}``."""
-    one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at)
+    ``t0``, logging every ``log_every``-th; metrics are ``{name: [G, N, length // log_every]}``.
+    ``options``: the rule's static options as sorted ``(name, value)`` pairs."""
+    one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options)
     batched = _over_grid_and_seeds(one, 0 if env_per_seed else None)
 
     def chunk(state, env, hp, t0):
@@ -125,7 +128,8 @@ def run_arrays(exp: Experiment, *, progress: bool = True) -> tuple[dict[str, np.
     bar = _progress(steps, exp, progress and len(chunks) > 1)
     out: dict[str, np.ndarray] = {}
     for t0, length in chunks:
-        fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length, log_every)
+        fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length, log_every,
+                            tuple(sorted(exp.options.items())))
         state, metrics = fn(state, exp.env, exp.hparams, jnp.asarray(t0, jnp.int32))
         metrics = jax.device_get(metrics)
         check_finite(metrics, t0, log_every, exp)

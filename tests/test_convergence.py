@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import entropy_sim as es  # noqa: E402
-from entropy_sim import envs, rules  # noqa: E402
+from entropy_sim import algorithms, envs, rules  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -24,7 +24,7 @@ def _trajectory(env, theta0, hp, *, rule, steps):
     """``steps`` updates of ``rule`` (plain SGD: ``dz = eta * direction``) from ``theta0``, the way
     the runner steps it. Returns per-iterate records for ``k = 0..steps``."""
     opt = rules.make_optimizer("sgd", hp)
-    fn = rules.RULES[rule].fn
+    fn = algorithms.RULES[rule].fn
     tau = hp.get("tau", 0.0)
 
     def body(carry, _):

@@ -47,7 +47,7 @@ def test_results_do_not_depend_on_chunk_size_or_on_the_other_grid_points():
 def test_a_new_hyperparameter_value_reuses_the_compiled_chunk():
     cfg = small_config(seeds=2, steps=6, algo={"name": "npg", "eta": [0.11, 0.12]})
     es.run(cfg, progress=False)
-    fn = runner.compiled_chunk("npg", "sgd", (), False, 6, 1)
+    fn = runner.compiled_chunk("npg", "sgd", (), False, 6, 1, ())
     before = fn._cache_size()
     es.run({**cfg, "algo": {"name": "npg", "eta": [0.7, 0.9]}}, progress=False)
     es.run({**cfg, "seed": 5, "env": {"kind": "bandit", "means": [0.3, 0.2, 0.9]}}, progress=False)

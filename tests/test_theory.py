@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from entropy_sim import diagnostics, envs, rules, softmax  # noqa: E402
+from entropy_sim import algorithms, diagnostics, envs, rules, softmax  # noqa: E402
 from entropy_sim.envs.base import policy as env_policy  # noqa: E402
 from entropy_sim.runner import init_state, step  # noqa: E402
 
@@ -98,7 +98,7 @@ def run_rule(rule, env, theta, hp):
     """One sgd step of ``rule`` (traceable): ``(ev, theta_next, info)``."""
     opt = rules.make_optimizer("sgd", hp)
     ev = env.evaluate(theta, hp.get("tau", 0.0))
-    theta_next, _, info = rules.RULES[rule].fn(theta, opt.init(theta), ev, env, hp,
+    theta_next, _, info = algorithms.RULES[rule].fn(theta, opt.init(theta), ev, env, hp,
                                                jax.random.PRNGKey(0), opt)
     return ev, theta_next, info
 

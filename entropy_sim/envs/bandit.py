@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors
+from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 from entropy_sim.envs.base import Evaluation, float_dtype as _float, policy, soft_values
 
 Array = jax.Array
@@ -57,6 +58,25 @@ class ContextualBandit:
         v, adv = soft_values(pi, log_pi, self.r, tau)
         return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=self.rho, q=self.r, v=v, adv=adv,
                           ret=jnp.sum(self.rho * success), ret_reg=jnp.sum(self.rho * v), success=success)
+
+    def sample(self, key: Array, logits: Array, prompts: int, group: int) -> Batch:
+        """``prompts`` contexts from ``rho``, each with ``group`` actions from ``softmax(logits)``
+        and rewards from the noise model. ``logits: [S, A]``; one uniform per draw."""
+        k_prompt, k_action, k_reward = jax.random.split(key, 3)
+        prompt = draw_prompts(k_prompt, self.rho, prompts)  # [M]
+        cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)[prompt]  # [M, A]
+        u = jax.random.uniform(k_action, (prompts, group), cdf.dtype)
+        action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
+        mean = self.r[prompt[:, None], action]
+        if self.noise == "bernoulli":
+            reward = (jax.random.uniform(k_reward, mean.shape, mean.dtype) < mean).astype(mean.dtype)
+        elif self.noise == "gaussian":
+            reward = mean + self.noise_std * jax.random.normal(k_reward, mean.shape, mean.dtype)
+        else:
+            reward = mean
+        state = jnp.broadcast_to(prompt[:, None, None], (prompts, group, 1))
+        return Batch(prompt=prompt, state=state, action=action[..., None], reward=reward,
+                     togo=reward[..., None], discount=jnp.ones((1,), reward.dtype))
 
     def correct_mask(self) -> Array:
         """``[S, A]`` True for the best actions of each prompt (the correct answers)."""

@@ -10,6 +10,7 @@ import numpy as np
 
 from entropy_sim import errors
 from entropy_sim.envs.base import Evaluation, float_dtype, policy
+from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 
 Array = jax.Array
 
@@ -27,6 +28,8 @@ class TabularMDP:
     r: Array      # [S, A] expected reward
     gamma: Array  # [] discount in [0, 1)
     mu: Array     # [S] start distribution
+    # Steps of a sampled rollout (sampled rules only); truncation leaves out gamma^H of the return.
+    rollout_length: int = dataclasses.field(default=0, metadata=dict(static=True))
 
     @property
     def num_states(self) -> int:
@@ -62,6 +65,39 @@ class TabularMDP:
         ret = ret_reg - tau * self.horizon * jnp.sum(occ * ent)
         return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=occ, q=q, v=v, adv=adv,
                           ret=ret, ret_reg=ret_reg, success=ret[None])
+
+    def sample(self, key: Array, logits: Array, prompts: int, group: int) -> Batch:
+        """``prompts`` start states from ``mu``, each with ``group`` rollouts of ``rollout_length``
+        steps under ``softmax(logits)``. The REINFORCE weight of step ``t`` is
+        ``gamma^t G_t = sum_{k >= t} gamma^k r_k`` and the outcome reward is the discounted return."""
+        if self.rollout_length < 1:
+            raise ValueError("sampling an MDP needs rollout_length >= 1 (see default_rollout_length)")
+        k_start, k_steps = jax.random.split(key)
+        start = draw_prompts(k_start, self.mu, prompts)
+        cdf_pi = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # [S, A]
+        cdf_next = jnp.cumsum(self.P, axis=-1)  # [S, A, S]
+
+        def step(s, k):
+            k_a, k_s = jax.random.split(k)
+            a = inverse_cdf(jax.random.uniform(k_a, s.shape, cdf_pi.dtype), cdf_pi[s])
+            s_next = inverse_cdf(jax.random.uniform(k_s, s.shape, cdf_pi.dtype), cdf_next[s, a])
+            return s_next, (s, a, self.r[s, a])
+
+        s0 = jnp.broadcast_to(start[:, None], (prompts, group))
+        _, (state, action, reward) = jax.lax.scan(step, s0, jax.random.split(k_steps, self.rollout_length))
+        discount = self.gamma ** jnp.arange(self.rollout_length, dtype=reward.dtype)  # [L]
+        togo = jnp.flip(jnp.cumsum(jnp.flip(discount[:, None, None] * reward, 0), axis=0), 0)
+        last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731  [L, M, G] -> [M, G, L]
+        return Batch(prompt=start, state=last(state), action=last(action), reward=togo[0],
+                     togo=last(togo), discount=discount)
+
+
+def default_rollout_length(gamma: float, tail: float = 1e-3) -> int:
+    """The shortest rollout whose truncation leaves out at most ``tail`` of the discount weight:
+    the least ``H`` with ``gamma^H <= tail`` (1 for ``gamma = 0``)."""
+    if gamma <= 0.0:
+        return 1
+    return max(1, int(np.ceil(np.log(tail) / np.log(gamma))))
 
 
 def mdp(P, r, gamma, mu=None) -> TabularMDP:

@@ -22,6 +22,7 @@ import numpy as np
 
 from entropy_sim import errors
 from entropy_sim.envs.base import Evaluation, float_dtype, policy
+from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 
 Array = jax.Array
 
@@ -102,6 +103,28 @@ class TokenTree:
         success = v_root - tau * ent_visits
         return Evaluation(pi=pi, log_pi=log_pi, ent=ent, occ=occ, q=q, v=v, adv=adv,
                           ret=jnp.sum(self.rho * success), ret_reg=jnp.sum(self.rho * v_root), success=success)
+
+    def sample(self, key: Array, logits: Array, prompts: int, group: int) -> Batch:
+        """``prompts`` prompts from ``rho``, each with ``group`` complete responses drawn token by
+        token from ``softmax(logits)``. ``logits: [S, V]``; one uniform per token."""
+        keys = jax.random.split(key, self.length + 1)
+        prompt = draw_prompts(keys[0], self.rho, prompts)  # [M]
+        cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+        node = jnp.zeros((prompts, group), jnp.int32)  # index of the prefix within its level
+        root = (prompt * self.num_nodes)[:, None]
+        states, actions, offset = [], [], 0
+        for t in range(self.length):
+            row = root + offset + node
+            u = jax.random.uniform(keys[t + 1], (prompts, group), cdf.dtype)
+            token = inverse_cdf(u, cdf[row])
+            states.append(row)
+            actions.append(token)
+            node = node * self.vocab + token
+            offset += self.vocab ** t
+        reward = self.reward[prompt[:, None], node]  # [M, G]
+        return Batch(prompt=prompt, state=jnp.stack(states, -1), action=jnp.stack(actions, -1),
+                     reward=reward, togo=jnp.broadcast_to(reward[..., None], node.shape + (self.length,)),
+                     discount=jnp.ones((self.length,), reward.dtype))
 
     def correct_mask(self) -> Array:
         """``[S, V]`` True where the next token can still lead to a correct answer."""

@@ -1,0 +1,78 @@
+"""Sampled responses: inverse-CDF draws and the batch every sampled update rule consumes.
+
+A draw from a K-way categorical costs one uniform here (its position in the cumulative
+distribution), where the Gumbel-max trick of ``jax.random.categorical`` costs K uniforms and 2K
+logarithms. Random bits dominate a sampled step on a CPU, so this is the cheaper way for every
+tabular policy (``benchmarks/sampling.py`` measures the difference). In float32 an action whose
+probability is below about 2^-24 per draw is drawn with an absolute error of that order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Batch(NamedTuple):
+    """``M`` groups (one prompt each) of ``G`` responses of ``L`` tokens.
+
+    A token is one visit ``(state, action)`` of a row of the logit table. Bandits have ``L = 1``;
+    the token tree ``L = length``; an MDP rollout ``L = rollout_length`` steps from a start state.
+    """
+
+    prompt: Array    # [M] int: the prompt (context, start state) of each group
+    state: Array     # [M, G, L] int: the row of theta at each token
+    action: Array    # [M, G, L] int: the action (next token) taken
+    reward: Array    # [M, G] outcome reward R of each response (discounted return in an MDP)
+    togo: Array      # [M, G, L] REINFORCE weight of each token: gamma^t G_t in an MDP, else R
+    discount: Array  # [L] gamma^t in an MDP, else ones
+
+    @property
+    def num_responses(self) -> int:
+        return self.state.shape[0] * self.state.shape[1]
+
+
+def inverse_cdf(u: Array, cdf: Array) -> Array:
+    """The category of uniform ``u`` under the cumulative sums ``cdf``: ``[...], [..., K] -> [...]``
+    int32 (broadcasting). ``cdf`` need not end at exactly 1."""
+    count = jnp.sum(u[..., None] * cdf[..., -1:] >= cdf, axis=-1)
+    return jnp.minimum(count, cdf.shape[-1] - 1).astype(jnp.int32)
+
+
+def categorical(key: Array, probs: Array, shape: tuple[int, ...] = ()) -> Array:
+    """``shape`` draws from ``probs: [K]`` by inverse CDF. int32."""
+    u = jax.random.uniform(key, shape, probs.dtype)
+    return inverse_cdf(u, jnp.cumsum(probs))
+
+
+def draw_prompts(key: Array, rho: Array, count: int) -> Array:
+    """``count`` prompts from the weights ``rho: [P]`` (all 0 when ``P = 1``). ``[count]`` int32."""
+    if rho.shape[-1] == 1:
+        return jnp.zeros((count,), jnp.int32)
+    return categorical(key, rho, (count,))
+
+
+def visit_table(batch: Batch, weight: Array, num_states: int, num_actions: int) -> Array:
+    """``N[s, a] = sum of weight over the tokens at (s, a)``. ``weight: [M, G, L] -> [S, A]``."""
+    table = jnp.zeros((num_states, num_actions), weight.dtype)
+    return table.at[batch.state.ravel(), batch.action.ravel()].add(weight.ravel())
+
+
+def score_direction(batch: Batch, weight: Array, pi: Array) -> Array:
+    """``sum over tokens of weight * grad_theta log pi(a|s)``: row ``s`` of the score of a token at
+    ``(s, a)`` is ``e_a - pi(.|s)``, so the sum is ``N - rowsum(N) pi``. ``[M, G, L] -> [S, A]``."""
+    table = visit_table(batch, weight, *pi.shape)
+    return table - jnp.sum(table, axis=-1, keepdims=True) * pi
+
+
+def group_advantage(reward: Array) -> Array:
+    """GRPO's ``(R_i - mean R) / std R`` within each group (sample std, as verl and TRL); exactly 0
+    for a group whose rewards are all equal, never NaN. ``[M, G] -> [M, G]``."""
+    mean = jnp.mean(reward, axis=-1, keepdims=True)
+    std = jnp.std(reward, axis=-1, keepdims=True, ddof=1)
+    equal = jnp.all(reward == reward[..., :1], axis=-1, keepdims=True)
+    return jnp.where(equal, 0.0, (reward - mean) / jnp.where(equal, 1.0, std))
