@@ -9,7 +9,7 @@ from entropy_sim import _xla
 
 _xla.configure()  # before anything starts JAX's CPU backend
 
-from entropy_sim import algorithms, envs, policies, rules, sampling, softmax  # noqa: E402
+from entropy_sim import algorithms, envs, policies, rules, sampled, sampling, softmax  # noqa: E402
 from entropy_sim.api import load_config, run  # noqa: E402
 from entropy_sim.config import Config  # noqa: E402
 from entropy_sim.errors import ConfigError  # noqa: E402
@@ -19,6 +19,6 @@ from entropy_sim.runner import NonFiniteError  # noqa: E402
 
 __all__ = [
     "Config", "ConfigError", "Experiment", "NonFiniteError", "Results", "algorithms", "build", "envs",
-    "load", "load_config", "policies", "rules", "run", "sampling", "softmax",
+    "load", "load_config", "policies", "rules", "run", "sampled", "sampling", "softmax",
 ]
 __version__ = "0.1.0"

@@ -63,6 +63,26 @@ BAD = {
     "log_every does not divide": (small_config(steps=10, log_every=3), "log_every", "divide"),
     "prior correct_mass on mdp": (small_config(env=MDP, policy={"init": "prior", "correct_mass": 0.1}), "policy.correct_mass", "mdp"),
     "verifiable all correct": (small_config(env={"kind": "contextual_bandit", "contexts": 2, "actions": 3, "generator": "verifiable", "num_correct": 3}), "env.num_correct", "below"),
+    # Sampled rules: static options, hyperparameter ranges, fields that must agree.
+    "batch swept": (small_config(algo={"name": "reinforce", "eta": 0.1, "batch": [8, 16]}), "algo.batch", "cannot be swept"),
+    "batch zero": (small_config(algo={"name": "reinforce", "eta": 0.1, "batch": 0}), "algo.batch", ">= 1"),
+    "batch not an integer": (small_config(algo={"name": "grpo", "eta": 0.1, "batch": 2.5}), "algo.batch", "integer"),
+    "unknown baseline": (small_config(algo={"name": "reinforce", "eta": 0.1, "baseline": "critic"}), "algo.baseline", "loo"),
+    "mean baseline of one sample": (small_config(algo={"name": "reinforce", "eta": 0.1, "batch": 1, "baseline": "mean"}), "algo.batch", ">= 2"),
+    "baseline on grpo": (small_config(algo={"name": "grpo", "eta": 0.1, "baseline": "mean"}), "algo.baseline", "grpo takes no baseline"),
+    "epochs on reinforce": (small_config(algo={"name": "reinforce", "eta": 0.1, "epochs": 2}), "algo.epochs", "reinforce takes no epochs"),
+    "group zero": (small_config(algo={"name": "grpo", "eta": 0.1, "group": 0}), "algo.group", ">= 1"),
+    "eps negative": (small_config(algo={"name": "grpo", "eta": 0.1, "eps": -0.2}), "algo.eps", ">= 0"),
+    "kappa at most 1": (small_config(algo={"name": "entropy_adv", "eta": 0.1, "kappa": 1.0}), "algo.kappa", "> 1"),
+    "frac above 1": (small_config(algo={"name": "clip_cov", "eta": 0.1, "frac": 1.5}), "algo.frac", "<= 1"),
+    "w_high below w_low": (small_config(algo={"name": "clip_cov", "eta": 0.1, "w_low": 2.0, "w_high": 1.0}), "algo.w_high", "exceed w_low"),
+    "entropy_target missing": (small_config(algo={"name": "aepo", "eta": 0.1}), "algo.entropy_target", "required"),
+    "entropy_target above log A": (small_config(algo={"name": "aepo", "eta": 0.1, "entropy_target": 1.5}), "algo.entropy_target", "log(3)"),
+    "pos_up fractional": (small_config(algo={"name": "aepo", "eta": 0.1, "entropy_target": 0.5, "pos_up": 2.5}), "algo.pos_up", "whole number"),
+    "temp_high zero in a sweep": (small_config(algo={"name": "aepo", "eta": 0.1, "entropy_target": 0.5, "temp_high": [1.2, 0.0]}), "algo.temp_high[1]", "> 0"),
+    "temp on aepo_t1": (small_config(algo={"name": "aepo_t1", "eta": 0.1, "entropy_target": 0.5, "temp_high": 1.2}), "algo.temp_high", "aepo_t1 takes no temp_high"),
+    "rollout_length zero": (small_config(env={**MDP, "rollout_length": 0}), "env.rollout_length", ">= 1"),
+    "rollout_length on a bandit": (with_env(rollout_length=10), "env.rollout_length", "not used"),
 }
 
 
@@ -92,6 +112,22 @@ def test_override_strings_are_parsed_as_toml_values(tmp_path):
     assert cfg.sweep == {"eta": [0.1, 0.2]}
     with pytest.raises(es.ConfigError, match="algo.eta"):
         es.load_config(path, ["algo.eta=-1"])
+
+
+def test_mdp_rollout_length_defaults_to_where_the_discount_falls_below_1e_3():
+    cfg = es.Config(small_config(env={"kind": "mdp", "generator": "garnet", "states": 3, "actions": 2,
+                                      "gamma": 0.9}))
+    assert cfg["env"]["rollout_length"] == 66  # 0.9^66 = 9.6e-4 <= 1e-3 < 0.9^65
+    assert es.Config(small_config(env={**MDP, "gamma": 0.0}))["env"]["rollout_length"] == 1
+
+
+def test_static_options_get_their_defaults_and_reach_the_experiment():
+    cfg = es.Config(small_config(algo={"name": "aepo", "eta": 0.1, "entropy_target": 0.5}))
+    algo = cfg["algo"]
+    assert (algo["batch"], algo["group"], algo["epochs"]) == (8, 8, 1)
+    assert (algo["eps"], algo["alpha"], algo["temp_low"], algo["temp_high"]) == (0.2, 1.0, 0.8, 1.2)
+    assert (algo["pos_up"], algo["pos_down"]) == (60, 30)
+    assert es.build(cfg).options == {"batch": 8, "group": 8, "epochs": 1}
 
 
 def test_grid_is_the_cartesian_product_of_sweep_lists_last_varying_fastest():

@@ -61,15 +61,23 @@ class ContextualBandit:
 
     def sample(self, key: Array, logits: Array, prompts: int, group: int) -> Batch:
         """``prompts`` contexts from ``rho``, each with ``group`` actions from ``softmax(logits)``
-        and rewards from the noise model. ``logits: [S, A]``; one uniform per draw."""
+        and rewards from the noise model. ``logits: [S, A]``.
+
+        One uniform per draw: it picks the action by inverse CDF and, for Bernoulli rewards, its
+        position inside the action's interval ``[c_{a-1}, c_a)`` (uniform there, independent of
+        the action) decides the reward: ``R = 1`` iff it falls in the first ``r[s, a]`` fraction.
+        """
         k_prompt, k_action, k_reward = jax.random.split(key, 3)
         prompt = draw_prompts(k_prompt, self.rho, prompts)  # [M]
-        cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)[prompt]  # [M, A]
+        probs = jax.nn.softmax(logits, axis=-1)[prompt]  # [M, A]
+        cdf = jnp.cumsum(probs, axis=-1)
         u = jax.random.uniform(k_action, (prompts, group), cdf.dtype)
         action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
         mean = self.r[prompt[:, None], action]
         if self.noise == "bernoulli":
-            reward = (jax.random.uniform(k_reward, mean.shape, mean.dtype) < mean).astype(mean.dtype)
+            start = jnp.take_along_axis(cdf - probs, action, axis=-1)
+            width = jnp.take_along_axis(probs, action, axis=-1)
+            reward = (u * cdf[:, -1:] - start < width * mean).astype(mean.dtype)
         elif self.noise == "gaussian":
             reward = mean + self.noise_std * jax.random.normal(k_reward, mean.shape, mean.dtype)
         else:
