@@ -57,13 +57,16 @@ def pass_at_k(success: Array, rho: Array, ks: tuple[int, ...]) -> dict[str, Arra
     return {f"pass_at_{k}": jnp.sum(rho * (1.0 - fail ** k)) for k in ks}
 
 
-def temperature_law(ev: Evaluation, theta: Array, temp: Array, eta: Array) -> dict[str, Array]:
-    """AEPO's Theorem 4.3 at this step. Per state, with ``Q`` the action values of ``pi``
-    (the reward ``R`` in a bandit):
+def temperature_law(ev: Evaluation, theta: Array, temp: Array, eta: Array,
+                    horizon: Array = 1.0) -> dict[str, Array]:
+    """AEPO's Theorem 4.3 at this step. Per state, with ``Q`` and ``d`` the action values and
+    occupancy of ``pi`` (the reward ``R`` and ``rho`` in a contextual bandit):
 
-        DeltaH_s(T) = -eta sum_b pi_T(b|s) Q(s, b) Cov_pi(theta, 1[. = b] - pi),
+        DeltaH_s(T) = -eta h d(s) sum_b pi_T(b|s) Q(s, b) Cov_pi(theta, 1[. = b] - pi),
 
-    the first-order entropy change of REINFORCE on samples at temperature ``T`` (T4's last row).
+    the first-order entropy change of REINFORCE on samples at temperature ``T`` (T4's last row with
+    ``Q`` and ``d`` held at ``T = 1``, as in the theorem; exact for bandits, and at ``T = 1``
+    equal to ``temp_reinforce``'s closed form everywhere).
     The theorem: ``DeltaH_s(1) < 0`` implies ``d DeltaH_s / dT (1) > 0``. Columns: ``dH_temp``
     = ``sum_s d(s) DeltaH_s(temp)``; ``dH_dT`` = ``sum_s d(s) DeltaH_s'(1)`` (exact, by
     forward-mode differentiation in ``T``); ``thm43_premise`` = the occupancy of the states where
@@ -74,7 +77,8 @@ def temperature_law(ev: Evaluation, theta: Array, temp: Array, eta: Array) -> di
     cov_b = ev.pi * centred - softmax.cov(ev.pi, theta, ev.pi)[:, None]  # [S, B]
 
     def per_state(t):
-        return -eta * jnp.sum(jax.nn.softmax(theta / t, axis=-1) * ev.q * cov_b, axis=-1)
+        weight = eta * horizon * ev.occ
+        return -weight * jnp.sum(jax.nn.softmax(theta / t, axis=-1) * ev.q * cov_b, axis=-1)
 
     one = jnp.ones((), theta.dtype)
     at_one, slope = jax.jvp(per_state, (one,), (one,))

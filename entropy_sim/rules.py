@@ -95,5 +95,5 @@ def temp_reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch
     centred = theta - softmax.mean(ev.pi, theta)[:, None]
     cov_b = ev.pi * centred - softmax.cov(ev.pi, theta, ev.pi)[:, None]  # [S, B]
     closed_s = -hp["eta"] * weight * jnp.sum(w_b * cov_b, axis=-1)
-    extra = temperature_law(ev, theta, temp, hp["eta"])
+    extra = temperature_law(ev, theta, temp, hp["eta"], env.horizon)
     return finish(opt, theta, opt_state, direction, closed_s, ev, extra)

@@ -108,7 +108,8 @@ def grpo(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, gro
     info = {
         "entropy_batch": jnp.mean(ev.ent[sample.state]),
         "batch_reward": jnp.mean(sample.reward),
-        "zero_adv_groups": jnp.mean(jnp.all(sample.reward == sample.reward[:, :1], axis=-1)),
+        "zero_adv_groups": jnp.mean(jnp.all(sample.reward == sample.reward[:, :1], axis=-1),
+                                    dtype=theta.dtype),
     }
     reg = None
     if variant in AEPO_VARIANTS:
@@ -131,7 +132,7 @@ def grpo(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, gro
                 tokens = jnp.where(chosen, 0.0, tokens)
             else:
                 chosen = _rank(-c) < count
-                tokens = ratio * adv - jnp.where(chosen, hp["beta"] * jnp.abs(logp - logp_old), 0.0)
+                tokens = ratio * adv - jnp.where(chosen, hp["beta"] * jnp.abs(_drift(logp, logp_old)), 0.0)
                 clipped = jnp.zeros_like(clipped)
             selected = jnp.sum(chosen).astype(th.dtype)
         value = jnp.mean(tokens)
@@ -142,7 +143,7 @@ def grpo(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, gro
         if variant == "entropy_reg":
             ent = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
             value = value + hp["lambda"] * jnp.mean(ent[sample.state])
-        return value, {"clip_frac": jnp.mean(clipped).astype(th.dtype), "cov_tokens": selected}
+        return value, {"clip_frac": jnp.mean(clipped, dtype=th.dtype), "cov_tokens": selected}
 
     stats = []
     for epoch in range(epochs):
@@ -176,7 +177,7 @@ def _aepo_regulariser(theta, ev, env, hp, key, batch, group, variant):
         weight = jnp.where(kept, sample.reward, 0.0)
     reg = _RegBatch(sample.state, sample.action, ev.log_pi[sample.state, sample.action],
                     _per_token(weight, sample))
-    info = temperature_law(ev, theta, temp, hp["eta"])
+    info = temperature_law(ev, theta, temp, hp["eta"], env.horizon)
     info["reg_samples"] = jnp.sum(kept).astype(theta.dtype)
     return reg, info
 
@@ -192,6 +193,16 @@ def _ppo_clip(ratio: Array, adv: Array, eps: Array) -> tuple[Array, Array]:
     clipped_value = jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * adv
     plain = ratio * adv
     return jnp.minimum(plain, clipped_value), clipped_value < plain
+
+
+def _drift(logp: Array, logp_old: Array) -> Array:
+    """``log pi - log pi_old``, set to exactly 0 through a ``where`` (no gradient flows) where it is
+    within a few ulps of 0 (two evaluations of the same policy may round differently). JAX's
+    derivative of ``|x|`` at 0 is 1, so without this KL-Cov's penalty would push every selected
+    token by ``beta`` on-policy, where its true gradient is 0."""
+    drift = logp - logp_old
+    noise = 16 * jnp.finfo(logp.dtype).eps * (1.0 + jnp.abs(logp_old))
+    return jnp.where(jnp.abs(drift) <= noise, 0.0, drift)
 
 
 def _centred_product(logp: Array, adv: Array) -> Array:

@@ -69,15 +69,19 @@ class ContextualBandit:
         """
         k_prompt, k_action, k_reward = jax.random.split(key, 3)
         prompt = draw_prompts(k_prompt, self.rho, prompts)  # [M]
-        probs = jax.nn.softmax(logits, axis=-1)[prompt]  # [M, A]
-        cdf = jnp.cumsum(probs, axis=-1)
+        cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # [S, A]
+        if self.num_states > 1:  # one row per group; a bandit's single row broadcasts
+            cdf = cdf[prompt]  # [M, A]
         u = jax.random.uniform(k_action, (prompts, group), cdf.dtype)
         action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
         mean = self.r[prompt[:, None], action]
         if self.noise == "bernoulli":
-            start = jnp.take_along_axis(cdf - probs, action, axis=-1)
-            width = jnp.take_along_axis(probs, action, axis=-1)
-            reward = (u * cdf[:, -1:] - start < width * mean).astype(mean.dtype)
+            # The interval of action a is [c_{a-1}, c_a) exactly as inverse_cdf compares; means of
+            # 0 and 1 are decided without arithmetic, so rounding never flips a binary reward.
+            rows = jnp.arange(cdf.shape[0])[:, None]
+            start = jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf[:, :-1]], axis=-1)[rows, action]
+            inside = u * cdf[:, -1:] < start + (cdf[rows, action] - start) * mean
+            reward = jnp.where(mean >= 1, 1.0, jnp.where(mean <= 0, 0.0, inside)).astype(mean.dtype)
         elif self.noise == "gaussian":
             reward = mean + self.noise_std * jax.random.normal(k_reward, mean.shape, mean.dtype)
         else:
