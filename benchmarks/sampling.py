@@ -98,7 +98,8 @@ def main(argv=None):
     width = max(len(r["workload"]) for r in rows)
     print(f"{'workload':{width}s}  seconds  seed-steps/s  x exact step")
     for r in rows:
-        print(f"{r['workload']:{width}s}  {r['seconds']:7.3f}  {r['seed_steps_per_s']:12,d}  {r['ratio_to_exact']:12.2f}")
+        print(f"{r['workload']:{width}s}  {r['seconds']:7.3f}  {r['seed_steps_per_s']:12,d}"
+              f"  {r['ratio_to_exact']:12.2f}")
     gumbel = times["REINFORCE B=64, Gumbel-max"] / times["REINFORCE B=64, inverse CDF"]
     print(f"Gumbel-max / inverse CDF: {gumbel:.1f}x   ({args.seeds} seeds x {args.steps} steps)")
     if args.json:

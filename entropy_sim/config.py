@@ -385,15 +385,19 @@ def _resolve_option(sec: Section, key: str, option) -> None:
 
 def _check_combinations(sec: Section, name: str, num_actions: int) -> None:
     """Checks that involve more than one field."""
-    values = lambda k: sec.resolved[k] if isinstance(sec.resolved[k], list) else [sec.resolved[k]]  # noqa: E731
+    def values(key):
+        value = sec.resolved[key]
+        return value if isinstance(value, list) else [value]
+
     if "w_low" in sec.resolved and max(values("w_low")) >= min(values("w_high")):
         raise ConfigError(sec.field("w_high"), f"must exceed w_low = {max(values('w_low'))}, got "
                                                f"{min(values('w_high'))}")
     if "entropy_target" in sec.resolved:
         top = float(np.log(num_actions))
         if max(values("entropy_target")) > top:
-            raise ConfigError(sec.field("entropy_target"), f"{max(values('entropy_target'))} exceeds "
-                                                           f"the largest entropy log({num_actions}) = {top:.4f}")
+            raise ConfigError(sec.field("entropy_target"),
+                              f"{max(values('entropy_target'))} exceeds the largest entropy "
+                              f"log({num_actions}) = {top:.4f}")
     if sec.resolved.get("baseline") in ("mean", "loo") and sec.resolved["batch"] < 2:
         raise ConfigError(sec.field("batch"), f"baseline = {sec.resolved['baseline']!r} needs "
                                               f"batch >= 2, got {sec.resolved['batch']}")

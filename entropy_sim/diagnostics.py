@@ -73,8 +73,7 @@ def temperature_law(ev: Evaluation, theta: Array, temp: Array, eta: Array,
     the premise holds; ``thm43_conclusion`` = the occupancy of those where the conclusion holds too
     (equal to ``thm43_premise`` whenever the theorem holds; in a bandit both are 0 or 1).
     """
-    centred = theta - softmax.mean(ev.pi, theta)[:, None]
-    cov_b = ev.pi * centred - softmax.cov(ev.pi, theta, ev.pi)[:, None]  # [S, B]
+    cov_b = softmax.indicator_cov(ev.pi, theta)  # [S, B]
 
     def per_state(t):
         weight = eta * horizon * ev.occ

@@ -91,9 +91,6 @@ def temp_reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch
         direction = score_direction(sample, sample.togo, ev.pi) / batch
     else:
         direction = weight[:, None] * (w_b - ev.pi * jnp.sum(w_b, axis=-1, keepdims=True))
-    # Cov_pi(theta, 1[.=b] - pi) = pi_b (theta_b - E_pi theta) - Cov_pi(theta, pi), for every b.
-    centred = theta - softmax.mean(ev.pi, theta)[:, None]
-    cov_b = ev.pi * centred - softmax.cov(ev.pi, theta, ev.pi)[:, None]  # [S, B]
-    closed_s = -hp["eta"] * weight * jnp.sum(w_b * cov_b, axis=-1)
+    closed_s = -hp["eta"] * weight * jnp.sum(w_b * softmax.indicator_cov(ev.pi, theta), axis=-1)
     extra = temperature_law(ev, theta, temp, hp["eta"], env.horizon)
     return finish(opt, theta, opt_state, direction, closed_s, ev, extra)

@@ -45,6 +45,13 @@ def cov(pi: Array, x: Array, y: Array) -> Array:
     return jnp.sum(pi * xc * yc, axis=-1)
 
 
+def indicator_cov(pi: Array, x: Array) -> Array:
+    """``Cov_pi(x, 1[. = b] - pi)`` for every action ``b``: ``pi_b (x_b - E_pi x) - Cov_pi(x, pi)``
+    (T4's temperature-REINFORCE row). ``[..., A] -> [..., A]``."""
+    centred = x - mean(pi, x)[..., None]
+    return pi * centred - cov(pi, x, pi)[..., None]
+
+
 def var(pi: Array, x: Array) -> Array:
     """``Var_{a~pi}(x_a)``. ``[..., A] -> [...]``."""
     return cov(pi, x, x)
