@@ -88,9 +88,10 @@ def build(config: Config) -> Experiment:
         env = dataclasses.replace(env, rollout_length=config["env"]["rollout_length"])
     theta0 = _build_policy(config["policy"], env, per_seed, sub(1), config["seeds"])
     hparams, swept = config.grid()
+    rule = RULES[config["algo"]["name"]]
     return Experiment(config=config, env=env, env_per_seed=per_seed, theta0=theta0.astype(dtype),
                       keys=sub(2), hparams={k: jnp.asarray(v, dtype) for k, v in hparams.items()},
-                      swept=swept, rule=(rule := RULES[config["algo"]["name"]]),
+                      swept=swept, rule=rule,
                       options={k: config["algo"][k] for k in rule.options})
 
 
