@@ -14,11 +14,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from entropy_sim import softmax
 from entropy_sim.diagnostics import temperature_law
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.optim import apply_direction
 from entropy_sim.rules import finish, pg_closed
-from entropy_sim.sampling import Batch, group_advantage, score_direction
+from entropy_sim.sampling import Batch, group_advantage, score_direction, visit_table
 
 Array = jax.Array
 
@@ -43,6 +44,30 @@ def reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int
     factor = 1.0 - 1.0 / batch if baseline == "mean" else 1.0
     extra = {"batch_reward": jnp.mean(sample.reward)}
     return finish(opt, theta, opt_state, direction, factor * pg_closed(ev, env, hp["eta"]), ev, extra)
+
+
+def sampled_npg(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, baseline: str):
+    """Stochastic natural policy gradient with on-policy importance-weighted estimates (Mei et al.
+    2021, Chung et al. 2021): with ``N[s, a] = (1/B) sum_i sum_t (gamma^t G_t - b_t) 1[(s_t, a_t) =
+    (s, a)]`` over ``batch`` sampled responses,
+
+        dz[s, a] = eta * N[s, a] / (h d(s) pi(a|s)),
+
+    an unbiased estimate of ``eta (Q(s, a) - b(s))``: NPG's step up to a per-state constant, which
+    leaves the policy unchanged. Only visited pairs move, and a rarely drawn action moves a lot;
+    without a baseline every reward is positive, so the drawn action always gains. ``baseline`` as
+    in ``reinforce``. ``dH_pred_closed`` is NPG's ``-eta Cov(log pi, A)`` (times ``1 - 1/B`` for
+    ``mean``). Pairs with ``d(s) pi(a|s) = 0`` are never visited and do not move.
+    """
+    sample = env.sample(key, theta, batch, 1)
+    weight = sample.togo - _baseline(sample, ev, baseline)
+    table = visit_table(sample, weight, *ev.pi.shape) / batch
+    scale = env.horizon * ev.occ[:, None] * ev.pi
+    direction = jnp.where(scale > 0, table / jnp.where(scale > 0, scale, 1.0), 0.0)
+    factor = 1.0 - 1.0 / batch if baseline == "mean" else 1.0
+    closed_s = -factor * hp["eta"] * softmax.cov(ev.pi, ev.log_pi, ev.adv)
+    extra = {"batch_reward": jnp.mean(sample.reward)}
+    return finish(opt, theta, opt_state, direction, closed_s, ev, extra)
 
 
 def _baseline(sample: Batch, ev: Evaluation, kind: str) -> Array:

@@ -10,6 +10,7 @@ from entropy_sim import algorithms, cli
 # One swept hyperparameter per rule besides eta: the one that defines the method.
 SWEEPS = {
     "reinforce": ("baseline", None),
+    "sampled_npg": ("baseline", None),
     "temp_reinforce": ("temp", [0.8, 1.2]),
     "grpo": ("eps", [0.1, 0.2]),
     "entropy_reg": ("lambda", [0.0, 0.015]),
@@ -56,7 +57,7 @@ def test_cli_runs_a_sweep_and_writes_hyperparameter_columns(tmp_path, name):
     for column in ["entropy", "dH_realized", "dH_pred_cov", *spec.info]:
         assert np.isfinite(df[column]).all(), column
     # The closed form exists for REINFORCE-type rules only.
-    has_closed = name in ("reinforce", "temp_reinforce")
+    has_closed = name in ("reinforce", "sampled_npg", "temp_reinforce")
     assert np.isfinite(df["dH_pred_closed"]).all() == has_closed
     assert df["dH_pred_closed"].isna().all() != has_closed
 

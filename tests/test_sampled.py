@@ -516,3 +516,36 @@ def test_bernoulli_rewards_of_binary_means_are_exact_in_float32():
     batch = jax.jit(lambda k: env.sample(k, logits, 1, 1_000_000))(jax.random.PRNGKey(9))
     assert batch.reward.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(batch.reward), np.asarray(means[batch.action[..., 0]]))
+
+
+# --------------------------------------------------------------------------------------------
+# Stochastic NPG: importance-weighted estimates average to Q - b (THEORY.md section 5)
+# --------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames="n")
+def _sampled_npg_moments(env, theta, key, n):
+    hp = hparams(eta=ETA)
+    keys = jax.random.split(key, n)
+    out = {}
+    for baseline in ("none", "value", "mean"):
+        dirs, info = jax.vmap(lambda k: rule_step("sampled_npg", env, theta, hp, k, batch=BATCH,
+                                                  baseline=baseline))(keys)
+        out[baseline] = moments(dirs) + (info["dH_pred_closed"][0],)
+    return out
+
+
+@pytest.mark.parametrize("name", ["bandit_bernoulli", "contextual_bandit", "token_tree", "garnet"])
+def test_sampled_npg_averages_to_q_without_baseline_and_to_a_with_the_value_baseline(name):
+    env, theta, n = UNBIASED_ENVS[name]
+    out = jax.tree.map(np.asarray, _sampled_npg_moments(env, theta, jax.random.PRNGKey(11), n))
+    ev = env.evaluate(theta, 0.0)
+    q, adv = np.asarray(ev.q), np.asarray(ev.adv)
+    assert_matches(*out["none"][:2], q, f"{name}/none -> Q")
+    assert_rejects(*out["none"][:2], adv, f"{name}/none vs A")
+    assert_matches(*out["value"][:2], adv, f"{name}/value -> A")
+    assert_rejects(*out["value"][:2], q, f"{name}/value vs Q")
+    # T4's NPG row: -eta Cov(log pi, A) per state, aggregated with d(s).
+    pi, log_pi = np.asarray(ev.pi), np.asarray(ev.log_pi)
+    closed = -np.sum(np.asarray(ev.occ) * ref_cov(pi, log_pi, adv))
+    np.testing.assert_allclose(out["none"][2], closed, rtol=1e-10)
+    np.testing.assert_allclose(out["mean"][2], (1 - 1 / BATCH) * closed, rtol=1e-10)

@@ -1,0 +1,5 @@
+"""entropy_sim's experiments: one module and one TOML config per claim of the source documents.
+
+    python -m experiments all --quick     # every experiment at quick size
+    python -m experiments e1_covariance_law e4_aepo
+"""

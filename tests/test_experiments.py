@@ -1,0 +1,63 @@
+"""Every experiment at quick size: its numeric claims hold, and its result folder is complete.
+
+A regression in the engine that breaks a claim of the source documents fails here. The bounds
+are each experiment's ``CHECKS``; ``test_checks_can_fail`` shows the evaluation rejects values
+outside them.
+"""
+
+import json
+
+import pytest
+
+from experiments.__main__ import cli, select
+from experiments.common import EXPERIMENTS, evaluate, main, module
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_claims_hold_at_quick_size(name, tmp_path):
+    table = main(name, tmp_path, quick=True, progress=False)
+    failed = {k: v for k, v in table.items() if v["holds"] is False}
+    assert not failed, failed
+    assert set(module(name).CHECKS) <= set(table)
+    out = tmp_path / name
+    record = json.loads((out / "claims.json").read_text())
+    assert record["quick"] and record["claims"].keys() == table.keys()
+    assert (out / "figures" / f"{name}.pdf").exists() and (out / "figures" / f"{name}.png").exists()
+    runs = [p for p in out.iterdir() if (p / "metrics.parquet").exists()]
+    assert runs and all((p / "config.json").exists() for p in runs)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_docstring_states_claim_and_expected_outcome(name):
+    doc = module(name).__doc__
+    assert "Claim" in doc and "Expected outcome" in doc
+
+
+def test_checks_can_fail():
+    table = evaluate({"a": 2.0, "b": float("nan"), "extra": 1.0}, {"a": (0.0, 1.0), "b": (None, 1.0),
+                                                                   "c": (0.0, None)})
+    assert [table[k]["holds"] for k in "abc"] == [False, False, False]
+    assert table["extra"]["holds"] is None
+
+
+def test_select_prefixes_and_errors():
+    assert select(["all"]) == list(EXPERIMENTS)
+    assert select(["e3"]) == ["e3_gradient_kl"]
+    with pytest.raises(ValueError, match="unknown experiment 'e9'"):
+        select(["e9"])
+    with pytest.raises(SystemExit):
+        cli(["nope"])
+
+
+def test_failed_experiment_leaves_no_folder(tmp_path, monkeypatch):
+    mod = module("e3_gradient_kl")
+
+    def broken(ctx):
+        ctx.run("npg", seeds=2, steps=2)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(mod, "run", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        main("e3_gradient_kl", tmp_path, quick=True, progress=False)
+    assert list(tmp_path.iterdir()) == []
