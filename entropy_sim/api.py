@@ -9,7 +9,8 @@ import numpy as np
 from entropy_sim.config import Config
 from entropy_sim.experiment import build
 from entropy_sim.results import Results
-from entropy_sim.runner import run_arrays
+from entropy_sim.checkpoint import Checkpoint
+from entropy_sim.runner import make_plan, run_arrays
 
 
 def load_config(path, overrides=()) -> Config:
@@ -17,15 +18,22 @@ def load_config(path, overrides=()) -> Config:
     return Config.from_toml(path, overrides)
 
 
-def run(config: Config | dict | str | Path, *, progress: bool = True) -> Results:
+def run(config: Config | dict | str | Path, *, progress: bool = True, checkpoint=None) -> Results:
     """Run every seed at every grid point of ``config`` (a ``Config``, a dict shaped like the TOML
-    file, or a path to one) and return the ``Results``."""
+    file, or a path to one) and return the ``Results``.
+
+    ``checkpoint``: a folder that keeps the run's progress after every chunk; running the same
+    config again with the same folder resumes where an interrupted run stopped (identical results).
+    The folder is left in place; delete it when the results are saved."""
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif isinstance(config, dict):
         config = Config(config)
     exp = build(config)
-    arrays, state = run_arrays(exp, progress=progress)
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = Checkpoint(checkpoint, config.to_dict(), make_plan(exp))
+    out = run_arrays(exp, progress=progress, checkpoint=ckpt)
     steps = np.arange(0, config["steps"], config["log_every"])
-    return Results(config=config, arrays=arrays, steps=steps, swept=exp.swept,
-                   final_theta=np.asarray(state.theta))
+    return Results(config=config, arrays=out.arrays, steps=steps, swept=exp.swept,
+                   final_theta=out.final_theta, stats=out.stats)

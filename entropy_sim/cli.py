@@ -5,6 +5,7 @@ is written unless the run completes."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,13 @@ def main(argv=None) -> int:
                        help="override a config field, e.g. --set algo.eta=[0.1,0.2] (repeatable)")
     run_p.add_argument("--overwrite", action="store_true", help="replace an existing result folder")
     run_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    dist = run_p.add_argument_group("several processes (jax.distributed; resuming is single-process)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="join JAX's multi-process runtime first (Slurm, Open MPI and TPU are "
+                           "detected; otherwise give the three options below)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
     plot_p = sub.add_parser("plot", help="render the standard figures of a result folder")
     plot_p.add_argument("results", type=Path, help="result folder written by 'entropy-sim run'")
     plot_p.add_argument("--format", default="png", choices=("png", "pdf", "svg"))
@@ -41,15 +49,35 @@ def _run(args) -> int:
 
     config = load_config(args.config, args.overrides)
     check_writable(args.out, args.overwrite)  # fail before compiling anything
+    writer = True
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        writer = jax.process_index() == 0
+    progress = None if args.distributed else checkpoint_folder(args.out)
+    if progress is not None and (progress / "manifest.json").exists():
+        print(f"resuming from {progress}/ if it holds this config's progress", file=sys.stderr)
     try:
-        results = run(config, progress=not args.quiet)
+        results = run(config, progress=not args.quiet and writer, checkpoint=progress)
     except NonFiniteError as err:
         print(f"entropy-sim: error: {err}", file=sys.stderr)
         return 3
+    if not writer:
+        return 0
     results.save(args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}/metrics.parquet ({len(results.steps)} steps x {config['seeds']} seeds "
-          f"x {len(results.swept)} grid points), summary.parquet, config.json")
+    if progress is not None:
+        shutil.rmtree(progress, ignore_errors=True)
+    table = "metrics.parquet, " if results.arrays is not None else ""
+    print(f"wrote {args.out}/: {table}summary.parquet, config.json ({len(results.steps)} logged "
+          f"steps x {config['seeds']} seeds x {len(results.swept)} grid points)")
     return 0
+
+
+def checkpoint_folder(out: Path) -> Path:
+    """Where ``run`` keeps the progress of ``--out DIR``: the hidden ``.DIR.progress`` beside it,
+    removed once ``DIR`` is written. A killed run started again with the same command resumes."""
+    return out.parent / f".{out.name}.progress"
 
 
 def _plot(args) -> int:

@@ -39,6 +39,8 @@ from entropy_sim.optim import OPTIMIZERS
 ENV_KINDS = ("bandit", "contextual_bandit", "mdp", "token_tree")
 POLICY_INITS = ("uniform", "probs", "logits", "gaussian", "prior")
 DTYPES = ("float32", "float64")
+OUTPUTS = ("full", "summary")
+ON_NONFINITE = ("error", "mark")
 _REQUIRED = object()
 
 TOP_LEVEL = {
@@ -51,6 +53,14 @@ TOP_LEVEL = {
     "chunk_steps": "steps per compiled chunk (0 = automatic); results do not depend on it",
     "dtype": "float32 (default) or float64",
     "pass_at": "list of k for the exact pass@k columns (binary rewards only)",
+    "output": "full (one row per grid point, seed and step) or summary (statistics over seeds, "
+              "computed inside the scan: memory independent of the number of seeds)",
+    "quantiles": "quantiles over seeds of the summary (list of probabilities in (0, 1))",
+    "on_nonfinite": "error (stop, naming grid point, seed and step) or mark (flag the rows, go on)",
+    "devices": "number of devices to shard seeds across (0 = all available)",
+    "grid_batch": "grid points per compiled call (0 = all); results do not depend on it",
+    "seed_block": "seeds per compiled block (0 = min(seeds, 256)); results are bitwise identical "
+                  "for any devices, grid_batch and chunk_steps at a given seed_block",
     "env": "table: the environment",
     "policy": "table: the initial policy",
     "algo": "table: the update rule and its hyperparameters",
@@ -141,7 +151,19 @@ def resolve(raw: dict) -> dict:
         "log_every": top.integer("log_every", 1, minimum=1),
         "chunk_steps": top.integer("chunk_steps", 0, minimum=0),
         "dtype": top.choice("dtype", DTYPES, "float32"),
+        "output": top.choice("output", OUTPUTS, "full"),
+        "on_nonfinite": top.choice("on_nonfinite", ON_NONFINITE, "error"),
+        "devices": top.integer("devices", 0, minimum=0),
+        "grid_batch": top.integer("grid_batch", 0, minimum=0),
+        "seed_block": top.integer("seed_block", 0, minimum=0),
     }
+    quantiles = top.raw("quantiles", [0.025, 0.5, 0.975])
+    if not isinstance(quantiles, list):
+        raise ConfigError("quantiles", f"expected a list of probabilities, got {quantiles!r}")
+    out["quantiles"] = [errors.number(f"quantiles[{i}]", q, low=0.0, high=1.0, low_open=True,
+                                      high_open=True) for i, q in enumerate(quantiles)]
+    if len(set(out["quantiles"])) != len(out["quantiles"]):
+        raise ConfigError("quantiles", f"values must be distinct, got {quantiles!r}")
     if out["steps"] % out["log_every"]:
         raise ConfigError("log_every", f"must divide steps = {out['steps']}, got {out['log_every']}")
     pass_at = top.raw("pass_at", [1, 8])

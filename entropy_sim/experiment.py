@@ -10,6 +10,7 @@ same seeds (common random numbers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -84,15 +85,17 @@ def build(config: Config) -> Experiment:
     sub = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)  # noqa: E731
     env, per_seed = _build_env(config["env"], sub(0), shared_key)
     env = _cast(env, dtype)
-    if config["env"]["kind"] == "mdp":
+    rule = RULES[config["algo"]["name"]]
+    options = {k: config["algo"][k] for k in rule.options}
+    if config["env"]["kind"] == "mdp" and (rule.sampled or options.get("batch")):
+        # Static (it fixes the rollout's shape): set only where something samples, so exact
+        # rules on MDPs that differ only in gamma share one compiled program.
         env = dataclasses.replace(env, rollout_length=config["env"]["rollout_length"])
     theta0 = _build_policy(config["policy"], env, per_seed, sub(1), config["seeds"])
     hparams, swept = config.grid()
-    rule = RULES[config["algo"]["name"]]
     return Experiment(config=config, env=env, env_per_seed=per_seed, theta0=theta0.astype(dtype),
                       keys=sub(2), hparams={k: jnp.asarray(v, dtype) for k, v in hparams.items()},
-                      swept=swept, rule=rule,
-                      options={k: config["algo"][k] for k in rule.options})
+                      swept=swept, rule=rule, options=options)
 
 
 def _cast(tree, dtype):
@@ -112,12 +115,10 @@ def _build_env(cfg, env_keys: Array, shared_key: Array):
                                       noise_std=cfg["noise_std"]), False
     if kind in ("bandit", "contextual_bandit"):
         params = {k: cfg[k] for k in ("low", "high", "p", "loc", "scale", "num_correct") if k in cfg}
-        contexts = cfg.get("contexts", 1)
-        arms = cfg["arms"] if kind == "bandit" else cfg["actions"]
-        rho = None if cfg.get("rho") is None else jnp.asarray(cfg["rho"])
-        gen = lambda k: envs.random_bandit(k, arms, generator=cfg["generator"], contexts=contexts,  # noqa: E731
-                                           rho=rho, noise=cfg["noise"], noise_std=cfg["noise_std"],
-                                           **params)
+        gen = (envs.random_bandit, dict(
+            arms=cfg["arms"] if kind == "bandit" else cfg["actions"],
+            generator=cfg["generator"], contexts=cfg.get("contexts", 1), rho=cfg.get("rho"),
+            noise=cfg["noise"], noise_std=cfg["noise_std"], **params))
     elif kind == "mdp":
         if "P" in cfg:
             return envs.mdp(_lists(cfg["P"]), _lists(cfg["r"]), cfg["gamma"],
@@ -128,17 +129,31 @@ def _build_env(cfg, env_keys: Array, shared_key: Array):
             return envs.chain(cfg["states"], cfg["actions"], cfg["gamma"], cfg["distractor"]), False
         if cfg["generator"] == "gridworld":
             return envs.gridworld(cfg["size"], cfg["gamma"], cfg["slip"]), False
-        gen = lambda k: envs.garnet(k, cfg["states"], cfg["actions"], cfg["branching"], cfg["gamma"])  # noqa: E731
+        gen = (envs.garnet, dict(states=cfg["states"], actions=cfg["actions"],
+                                 branching=cfg["branching"], gamma=cfg["gamma"]))
     elif kind == "token_tree":
         if "answers" in cfg:
             rho = None if cfg["rho"] is None else list(cfg["rho"])
             return envs.token_tree(cfg["vocab"], cfg["length"], _lists(cfg["answers"]), rho), False
-        rho = None if cfg.get("rho") is None else jnp.asarray(cfg["rho"])
-        gen = lambda k: envs.random_token_tree(k, cfg["vocab"], cfg["length"], cfg["prompts"],  # noqa: E731
-                                               cfg["num_correct"], rho)
+        gen = (envs.random_token_tree, dict(vocab=cfg["vocab"], length=cfg["length"],
+                                            prompts=cfg["prompts"], num_correct=cfg["num_correct"],
+                                            rho=cfg.get("rho")))
+    fn, kwargs = gen
     if cfg["shared"]:
-        return gen(shared_key), False
-    return jax.jit(jax.vmap(gen))(env_keys), True
+        return _with_arrays(fn, kwargs)(shared_key), False
+    return _over_keys(fn, tuple(sorted(kwargs.items())))(env_keys), True
+
+
+def _with_arrays(fn, kwargs: dict):
+    """``key -> fn(key, **kwargs)`` with list-valued arguments (``rho``) as arrays."""
+    kwargs = {k: jnp.asarray(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
+    return lambda key: fn(key, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _over_keys(fn, kwargs: tuple):
+    """``fn`` vmapped over keys and jitted, cached: a new run with the same settings reuses it."""
+    return jax.jit(jax.vmap(_with_arrays(fn, dict(kwargs))))
 
 
 def _build_policy(cfg, env, per_seed: bool, keys: Array, num_seeds: int) -> Array:
@@ -153,7 +168,8 @@ def _build_policy(cfg, env, per_seed: bool, keys: Array, num_seeds: int) -> Arra
     elif init == "logits":
         theta = policies.from_logits(jnp.asarray(np.asarray(cfg["logits"])), num_states)
     elif init == "gaussian":
-        return jax.vmap(lambda k: policies.gaussian(k, num_states, num_actions, cfg["scale"]))(keys)
+        return _over_keys(policies.gaussian, (("num_actions", num_actions),
+                                              ("num_states", num_states), ("scale", cfg["scale"])))(keys)
     else:  # prior
         mass = cfg.get("correct_mass")
         if mass is None:

@@ -10,11 +10,9 @@ import json
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; works on machines without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt  # without a display, matplotlib picks its Agg backend itself
+import numpy as np
+import pandas as pd
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 

@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import warnings
+
+from entropy_sim import sharding, summary
 from entropy_sim.diagnostics import NAN_ALLOWED, pass_at_k, step_metrics
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.experiment import Experiment
@@ -67,37 +70,72 @@ def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
     return RunState(theta_next, opt_state, ev_next, state.key), metrics
 
 
-def _over_grid_and_seeds(fn, env_axis):
-    """``fn(state, env, hp, t)`` batched to states ``[G, N, ...]``, hp ``[G]``."""
-    over_seeds = jax.vmap(fn, in_axes=(0, env_axis, None, None))
-    return jax.vmap(over_seeds, in_axes=(0, None, 0, None))
+def _per_seed(fn, env_per_seed: bool):
+    """``fn(state, env, hp, t)`` vmapped over a block of seeds (``hp`` and ``t`` shared)."""
+    return jax.vmap(fn, in_axes=(0, 0 if env_per_seed else None, None, None))
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_init(opt_name: str, env_per_seed: bool):
-    """``(theta0 [N,S,A], env, hp [G], keys [N,2]) -> RunState [G, N, ...]``, jitted."""
-    fn = functools.partial(init_state, opt_name=opt_name)
-    over_seeds = jax.vmap(fn, in_axes=(0, 0 if env_per_seed else None, None, 0))
-    return jax.jit(jax.vmap(over_seeds, in_axes=(None, None, 0, None)))
+def compiled_init(opt_name: str, env_per_seed: bool, lay: sharding.Layout):
+    """``(theta0 [N,S,A], env, hp [G], keys [N,2], trips) -> RunState [G, N, ...]``, jitted."""
+    def one(start, env, hp, t):
+        theta, key = start
+        return init_state(theta, env, hp, key, opt_name=opt_name)
+
+    blocked = sharding.blockwise(_per_seed(one, env_per_seed), lay, env_per_seed)
+
+    def init(theta0, env, hp, keys, trips):
+        num_grid = jax.tree.leaves(hp)[0].shape[0]
+        start = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_grid,) + x.shape), (theta0, keys))
+        return blocked(start, env, hp, jnp.zeros((), jnp.int32), trips)
+
+    return jax.jit(init)
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_seed: bool,
-                   length: int, log_every: int, options: tuple = ()):
-    """The jitted chunk ``(state, env, hp, t0) -> (state, metrics)``: ``length`` steps from step
-    ``t0``, logging every ``log_every``-th; metrics are ``{name: [G, N, length // log_every]}``.
-    ``options``: the rule's static options as sorted ``(name, value)`` pairs."""
+                   length: int, log_every: int, options: tuple, quantiles: tuple | None,
+                   lay: sharding.Layout, grid_rows: int):
+    """The jitted chunk ``(state, env, hp, t0, real, trips) -> (state, out)``: ``length`` steps from step
+    ``t0``, logging every ``log_every``-th. ``out`` is ``{name: [G, N, length // log_every]}``, or
+    with ``quantiles`` (summary mode) the statistics over the seeds where ``real: [N]`` is true,
+    ``{name: {stat: [G, length // log_every]}}`` (``summary.over_seeds``).
+    ``options``: the rule's static options as sorted ``(name, value)`` pairs; ``lay``: the
+    device layout and seed block size (``sharding.py``); ``grid_rows``: the grid points of a full
+    batch (the arrays may hold one more: see ``Plan``)."""
     one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options)
-    batched = _over_grid_and_seeds(one, 0 if env_per_seed else None)
+    per_seed = _per_seed(one, env_per_seed)
+    times = lambda t0: t0 + log_every * jnp.arange(length // log_every)  # noqa: E731
 
-    def chunk(state, env, hp, t0):
-        def logged(state, t):
-            state, metrics = batched(state, env, hp, t)
-            # The remaining steps of the stride; their unused metrics are dead code for XLA.
-            state = jax.lax.fori_loop(1, log_every, lambda i, s: batched(s, env, hp, t + i)[0], state)
-            return state, metrics
-        state, metrics = jax.lax.scan(logged, state, t0 + log_every * jnp.arange(length // log_every))
-        return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), metrics)
+    def strided(advance, state, t):
+        """Step ``t`` and its metrics, then the rest of the stride (metrics unused: dead code)."""
+        state, metrics = advance(state, t)
+        state = jax.lax.fori_loop(1, log_every, lambda i, s: advance(s, t + i)[0], state)
+        return state, metrics
+
+    if quantiles is None:
+        # Per-seed output: each block of seeds runs the whole chunk (one loop trip per block).
+        def block_chunk(state, env, hp, t0):
+            advance = lambda s, t: per_seed(s, env, hp, t)  # noqa: E731
+            state, out = jax.lax.scan(functools.partial(strided, advance), state, times(t0))
+            return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
+
+        blocked = sharding.blockwise(block_chunk, lay, env_per_seed)
+
+        def chunk(state, env, hp, t0, real, trips):
+            return blocked(state, env, hp, t0, trips)
+    else:
+        # Statistics over all seeds at every step: the blocks are looped over inside each step.
+        blocked = sharding.blockwise(per_seed, lay, env_per_seed)
+
+        def chunk(state, env, hp, t0, real, trips):
+            def logged(state, t):
+                state, metrics = strided(lambda s, u: blocked(s, env, hp, u, trips), state, t)
+                metrics = jax.tree.map(lambda x: x[:grid_rows], metrics)
+                return state, summary.over_seeds(metrics, real, quantiles, NAN_ALLOWED)
+
+            state, out = jax.lax.scan(logged, state, times(t0))
+            return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
 
     return jax.jit(chunk, donate_argnums=0)
 
@@ -116,50 +154,175 @@ def plan_chunks(steps: int, log_every: int, chunk_steps: int, bytes_per_step: in
     return [(t0, min(chunk_steps, steps - t0)) for t0 in range(0, steps, chunk_steps)]
 
 
-def run_arrays(exp: Experiment, *, progress: bool = True) -> tuple[dict[str, np.ndarray], RunState]:
-    """Run ``exp``; return metrics ``{name: [G, N, T_logged]}`` (numpy) and the final state."""
+class Plan(NamedTuple):
+    """How a run is cut into work units: grid batches (``[(first grid point, count)]``, each
+    padded to the same size) times chunks of steps, and the device layout of the seeds."""
+
+    grid_batches: list[tuple[int, int]]
+    grid_size: int            # grid points per compiled call, at least 2 (padding)
+    grid_rows: int            # real grid points in a full batch
+    chunks: list[tuple[int, int]]
+    layout: sharding.Layout
+
+
+def make_plan(exp: Experiment) -> Plan:
     cfg = exp.config
+    g = exp.num_grid if cfg["grid_batch"] <= 0 else min(cfg["grid_batch"], exp.num_grid)
+    batches = [(g0, min(g, exp.num_grid - g0)) for g0 in range(0, exp.num_grid, g)]
+    layout = sharding.layout(exp.num_seeds, cfg["devices"], cfg["seed_block"])
+    seeds_kept = 1 if cfg["output"] == "summary" else exp.num_seeds
+    per_step = 4 * 24 * g * seeds_kept // cfg["log_every"]
+    chunks = plan_chunks(cfg["steps"], cfg["log_every"], cfg["chunk_steps"], per_step)
+    # Arrays hold at least 2 grid points: XLA compiles a loop over a size-1 axis differently (its
+    # dynamic index becomes static), which can change the rounding. Padding is never computed.
+    return Plan(batches, max(g, 2), g, chunks, layout)
+
+
+def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Output:
+    """Run ``exp`` work unit by work unit (grid batch x chunk of steps) and return the ``Output``.
+
+    ``checkpoint`` (a ``checkpoint.Checkpoint``) receives the state after every completed unit and
+    supplies the units already done, so a killed run resumes where it stopped with identical
+    results."""
+    cfg = exp.config
+    plan = make_plan(exp)
+    summary_mode = cfg["output"] == "summary"
+    quantiles = tuple(cfg["quantiles"]) if summary_mode else None
     opt_name = cfg["algo"]["optimizer"]
     pass_at = tuple(cfg["pass_at"]) if _binary_rewards(exp) else ()
-    state = compiled_init(opt_name, exp.env_per_seed)(exp.theta0, exp.env, exp.hparams, exp.keys)
-    steps, log_every = cfg["steps"], cfg["log_every"]
-    per_step = 4 * 24 * exp.num_grid * exp.num_seeds // log_every
-    chunks = plan_chunks(steps, log_every, cfg["chunk_steps"], per_step)
-    bar = _progress(steps, exp, progress and len(chunks) > 1)
-    out: dict[str, np.ndarray] = {}
-    for t0, length in chunks:
-        fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length, log_every,
-                            tuple(sorted(exp.options.items())))
-        state, metrics = fn(state, exp.env, exp.hparams, jnp.asarray(t0, jnp.int32))
-        metrics = jax.device_get(metrics)
-        check_finite(metrics, t0, log_every, exp)
-        if len(chunks) == 1:
-            out = metrics
-        for name, values in metrics.items() if len(chunks) > 1 else ():
-            if name not in out:
-                out[name] = np.empty(values.shape[:2] + (steps // log_every,), values.dtype)
-            out[name][:, :, t0 // log_every:(t0 + length) // log_every] = values
-        bar.update(length)
+    options = tuple(sorted(exp.options.items()))
+    env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
+    num_logged = cfg["steps"] // cfg["log_every"]
+    collect = Collector(exp, num_logged, summary_mode)
+    done = checkpoint.completed() if checkpoint is not None else {}
+    bar = _progress(cfg["steps"] * len(plan.grid_batches), exp,
+                    progress and len(plan.chunks) * len(plan.grid_batches) > 1)
+    final_theta = []
+    for b, (g0, count) in enumerate(plan.grid_batches):
+        hp = {k: _padded(v[g0:g0 + count], plan.grid_size) for k, v in exp.hparams.items()}
+        hp = sharding.replicate(hp, plan.layout)
+        trips = sharding.replicate(sharding.trips(plan.layout, count), plan.layout)
+        state = compiled_init(opt_name, exp.env_per_seed, plan.layout)(theta0, env, hp, keys,
+                                                                        trips)
+        resumed = [c for c in range(len(plan.chunks)) if (b, c) in done]
+        if resumed:  # the state after the last completed chunk of this batch
+            state = checkpoint.load_state(b, state)
+        state = sharding.place_state(state, plan.layout)
+        for c, (t0, length) in enumerate(plan.chunks):
+            if c in resumed:
+                collect.add(g0, count, t0, done[(b, c)])
+                bar.update(length)
+                continue
+            fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length,
+                                cfg["log_every"], options, quantiles, plan.layout, plan.grid_rows)
+            state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), real, trips)
+            out = jax.tree.map(lambda x: x[:count], sharding.to_host(out))
+            if not summary_mode:
+                out = {k: v[:, :exp.num_seeds] for k, v in out.items()}
+            out = collect.add(g0, count, t0, out)
+            if checkpoint is not None:
+                checkpoint.save(b, c, state, out)
+            bar.update(length)
+        final_theta.append(sharding.to_host(state.theta)[:count, :exp.num_seeds])
     bar.close()
-    return out, state
+    return collect.finish(np.concatenate(final_theta))
 
 
-def check_finite(metrics: dict[str, np.ndarray], t0: int, log_every: int, exp: Experiment) -> None:
-    """Raise ``NonFiniteError`` at the earliest NaN or infinite metric, naming grid point, seed,
-    step and the metrics affected. ``metrics: {name: [G, N, T]}``."""
-    checked = {k: v for k, v in metrics.items() if k not in NAN_ALLOWED}
-    bad = np.zeros(next(iter(checked.values())).shape, bool)
-    for values in checked.values():
-        bad |= ~np.isfinite(values)
-    if not bad.any():
-        return
-    idx = np.argwhere(bad)
-    g, n, t = (int(i) for i in idx[np.argmin(idx[:, 2])])
-    names = ", ".join(f"{k} = {v[g, n, t]}" for k, v in checked.items() if not np.isfinite(v[g, n, t]))
+class Output(NamedTuple):
+    """What a run returns: per-seed metrics ``{name: [G, N, T]}`` (full mode, else None),
+    statistics over seeds ``{name: {stat: [G, T]}}`` (summary mode, else None), the final logits
+    ``[G, N, S, A]`` and the count of rows marked non-finite."""
+
+    arrays: dict | None
+    stats: dict | None
+    final_theta: np.ndarray
+    nonfinite: int
+
+
+class Collector:
+    """Assembles the outputs of work units on the host and applies the non-finite policy."""
+
+    def __init__(self, exp: Experiment, num_logged: int, summary_mode: bool):
+        self.exp, self.num_logged, self.summary_mode = exp, num_logged, summary_mode
+        self.out: dict = {}
+        self.marked = 0
+
+    def add(self, g0: int, count: int, t0: int, out: dict) -> dict:
+        """Check one unit's output (``[count, N, T_chunk]`` or ``{stat: [count, T_chunk]}``),
+        place it, and return it as checked (with the ``nonfinite`` flags in mark mode)."""
+        log_every = self.exp.config["log_every"]
+        mark = self.exp.config["on_nonfinite"] == "mark"
+        if self.summary_mode:
+            bad = out["nonfinite"]
+            if bad["count"].any() and not mark:
+                g, t = np.argwhere(bad["count"] > 0)[0]
+                raise nonfinite_error(self.exp, g0 + g, int(bad["first_seed"][g, t]),
+                                      t0 + t * log_every, "")
+        else:
+            checked = {k: v for k, v in out.items() if k not in NAN_ALLOWED and k != "nonfinite"}
+            bad = np.zeros(next(iter(checked.values())).shape, bool)
+            for values in checked.values():
+                bad |= ~np.isfinite(values)
+            if bad.any() and not mark:
+                idx = np.argwhere(bad)
+                g, n, t = (int(i) for i in idx[np.argmin(idx[:, 2])])
+                names = ", ".join(f"{k} = {v[g, n, t]}" for k, v in checked.items()
+                                  if not np.isfinite(v[g, n, t]))
+                raise nonfinite_error(self.exp, g0 + g, n, t0 + t * log_every, names)
+            if mark:
+                out = {**out, "nonfinite": bad}
+        t_lo = t0 // log_every
+        for path, values in _leaves(out):
+            target = self._target(path, values)
+            target[g0:g0 + count, ..., t_lo:t_lo + values.shape[-1]] = values
+        count_bad = out["nonfinite"]["count"].sum() if self.summary_mode else bad.sum()
+        self.marked += int(count_bad)
+        return out
+
+    def _target(self, path, values):
+        node = self.out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        if path[-1] not in node:
+            shape = (self.exp.num_grid,) + values.shape[1:-1] + (self.num_logged,)
+            node[path[-1]] = np.empty(shape, values.dtype)
+        return node[path[-1]]
+
+    def finish(self, final_theta: np.ndarray) -> Output:
+        if self.marked:
+            warnings.warn(f"{self.marked} rows had NaN or infinite values; they are marked "
+                          f"(column 'nonfinite'{' and excluded from the statistics' if self.summary_mode else ''})",
+                          NonFiniteWarning, stacklevel=3)
+        if self.summary_mode:
+            return Output(None, self.out, final_theta, self.marked)
+        return Output(self.out, None, final_theta, self.marked)
+
+
+class NonFiniteWarning(UserWarning):
+    """Rows were marked non-finite (``on_nonfinite = "mark"``)."""
+
+
+def nonfinite_error(exp: Experiment, g: int, n: int, step_index: int, names: str) -> NonFiniteError:
     where = ", ".join(f"{k}={v}" for k, v in exp.swept[g].items()) or "the only grid point"
-    raise NonFiniteError(f"non-finite values at step {t0 + t * log_every}, seed {n}, grid point {g} "
-                         f"({where}): {names}; the logits may have overflowed (try a smaller eta "
-                         f"or dtype = \"float64\")")
+    what = f": {names}" if names else ""
+    return NonFiniteError(f"non-finite values at step {step_index}, seed {n}, grid point {g} "
+                          f"({where}){what}; the logits may have overflowed (try a smaller eta "
+                          f"or dtype = \"float64\", or on_nonfinite = \"mark\" to flag such rows "
+                          f"and go on)")
+
+
+def _leaves(tree, path=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, path + (k,))
+    else:
+        yield path, tree
+
+
+def _padded(x, size: int):
+    """``x: [g, ...]`` padded to ``[size, ...]`` by repeating its last entry."""
+    x = jnp.asarray(x)
+    return jnp.concatenate([x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)]) if x.shape[0] < size else x
 
 
 def _binary_rewards(exp: Experiment) -> bool:

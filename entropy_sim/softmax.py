@@ -89,16 +89,37 @@ def _tilt(pi: Array, dz: Array) -> tuple[Array, Array, Array]:
     return u, (e - m[..., None]) / (1.0 + m[..., None]), m
 
 
+# Above this centred logit change the tilt's exp(u) nears float32's range (exp(88)); there the
+# change is large and the plain difference of two entropies (or the KL sum) is accurate anyway.
+_TILT_MAX = 30.0
+
+
 def entropy_change(pi: Array, log_pi: Array, dz: Array) -> Array:
     """Exact ``H(pi') - H(pi)`` for ``pi' ∝ pi exp(dz)``, stable for small ``dz``:
     ``-E_pi[(log pi + u) w] + log1p(m)`` (see ``_tilt``). Subtracting two entropies instead loses
-    ``eps * H / |dH|`` relative accuracy, which in float32 swamps the second-order term. ``[..., A] -> [...]``."""
-    u, w, m = _tilt(pi, dz)
-    return -mean(pi, (log_pi + u) * w) + jnp.log1p(m)
+    ``eps * H / |dH|`` relative accuracy, which in float32 swamps the second-order term; it is used
+    only for changes ``|u| > 30``, where the tilt would overflow. ``[..., A] -> [...]``."""
+    large = _large(pi, dz)
+    u, w, m = _tilt(pi, jnp.where(large[..., None], 0.0, dz))
+    tilted = -mean(pi, (log_pi + u) * w) + jnp.log1p(m)
+    log_next = jax.nn.log_softmax(log_pi + dz, axis=-1)
+    direct = mean(pi, log_pi) - mean(jnp.exp(log_next), log_next)
+    return jnp.where(large, direct, tilted)
 
 
 def kl_change(pi: Array, dz: Array) -> Array:
     """Exact ``KL(pi' || pi)`` for ``pi' ∝ pi exp(dz)``, stable for small ``dz``:
-    ``E_pi[u w] - log1p(m)`` (see ``_tilt``). ``[..., A] -> [...]``."""
-    u, w, m = _tilt(pi, dz)
-    return mean(pi, u * w) - jnp.log1p(m)
+    ``E_pi[u w] - log1p(m)`` (see ``_tilt``); the plain sum for changes ``|u| > 30``.
+    ``[..., A] -> [...]``."""
+    large = _large(pi, dz)
+    u, w, m = _tilt(pi, jnp.where(large[..., None], 0.0, dz))
+    tilted = mean(pi, u * w) - jnp.log1p(m)
+    log_pi = jnp.log(jnp.maximum(pi, jnp.finfo(pi.dtype).tiny))
+    log_next = jax.nn.log_softmax(log_pi + dz, axis=-1)
+    direct = mean(jnp.exp(log_next), log_next - log_pi)
+    return jnp.where(large, direct, tilted)
+
+
+def _large(pi: Array, dz: Array) -> Array:
+    """Rows whose centred change exceeds ``_TILT_MAX`` somewhere. ``[..., A] -> [...]``."""
+    return jnp.max(jnp.abs(dz - mean(pi, dz)[..., None]), axis=-1) > _TILT_MAX

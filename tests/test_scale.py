@@ -1,0 +1,288 @@
+"""Scale and robustness: the in-scan summary, determinism across chunking, grid batching and
+devices, resuming a killed run, the non-finite guard, float64 mode."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import entropy_sim as es
+from conftest import ROOT, small_config
+
+SAMPLED = {"seeds": 37, "steps": 12, "chunk_steps": 4,
+           "env": {"kind": "bandit", "arms": 6, "noise": "bernoulli", "generator": "uniform"},
+           "policy": {"init": "gaussian", "scale": 1.0},
+           "algo": {"name": "reinforce", "eta": [0.1, 0.5, 1.0], "batch": 8, "baseline": "loo"}}
+GARNET = {"seeds": 21, "steps": 9, "env": {"kind": "mdp", "generator": "garnet", "states": 4,
+                                          "actions": 3, "branching": 2, "gamma": 0.8,
+                                          "shared": False, "rollout_length": 12},
+          "algo": {"name": "reinforce", "eta": [0.2, 0.7], "batch": 4}}
+
+
+def assert_same(a: es.Results, b: es.Results):
+    """Bitwise-equal outputs (NaN equal to NaN)."""
+    if a.arrays is not None:
+        assert a.arrays.keys() == b.arrays.keys()
+        for k in a.arrays:
+            np.testing.assert_array_equal(a.arrays[k], b.arrays[k], err_msg=k)
+    else:
+        for k in a.stats:
+            for stat in a.stats[k]:
+                np.testing.assert_array_equal(a.stats[k][stat], b.stats[k][stat], err_msg=f"{k}/{stat}")
+    np.testing.assert_array_equal(a.final_theta, b.final_theta)
+
+
+# ----------------------------------------------------------------------------- summary mode
+
+def test_summary_mode_matches_the_statistics_of_the_per_seed_run():
+    cfg = {**SAMPLED, "quantiles": [0.1, 0.5, 0.9]}
+    full = es.run(cfg, progress=False)
+    summ = es.run({**cfg, "output": "summary"}, progress=False)
+    a, b = full.summary(), summ.summary()
+    assert list(a.columns) == list(b.columns) == ["eta", "step", "metric", "mean", "std", "ci_low",
+                                                  "ci_high", "q100", "median", "q900", "n"]
+    assert a[["eta", "step", "metric"]].equals(b[["eta", "step", "metric"]])
+    assert {"cov_error", "cov_abs_error", "cov_sign_agree"} <= set(b.metric)
+    assert (b.n == 37).all()
+    for col in ["mean", "std", "q100", "median", "q900"]:
+        scale = a.groupby("metric")[col].transform(lambda x: np.abs(x).max()) + 1e-12
+        err = np.abs(a[col] - b[col]) / scale
+        assert err.max() < 1e-4, (col, a.metric[err.idxmax()], err.max())
+    # The statistics checked against numpy directly, for one metric.
+    x = full.arrays["entropy"].astype(np.float64)  # [G, N, T]
+    got = summ.stats["entropy"]
+    np.testing.assert_allclose(got["mean"], x.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(got["std"], x.std(1, ddof=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["q900"], np.quantile(x, 0.9, axis=1), rtol=1e-5)
+    err = full.arrays["dH_realized"] - full.arrays["dH_pred_cov"]
+    np.testing.assert_allclose(summ.stats["cov_abs_error"]["mean"], np.abs(err).mean(1), rtol=1e-4)
+
+
+def test_summary_mode_memory_does_not_grow_with_the_seeds():
+    cfg = {**SAMPLED, "output": "summary"}
+    small = es.run({**cfg, "seeds": 10}, progress=False)
+    large = es.run({**cfg, "seeds": 400}, progress=False)
+    assert small.arrays is None and large.arrays is None
+    for k in large.stats:
+        for stat in large.stats[k]:
+            assert large.stats[k][stat].shape == small.stats[k][stat].shape == (3, 12)
+    with pytest.raises(ValueError, match='output = "summary"'):
+        large.metrics
+
+
+def test_summary_run_saves_a_summary_only_folder(tmp_path):
+    res = es.run({**SAMPLED, "output": "summary"}, progress=False)
+    res.save(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "summary.parquet"]
+    df = pd.read_parquet(tmp_path / "out" / "summary.parquet")
+    assert len(df) == 3 * 12 * df.metric.nunique()
+
+
+# ----------------------------------------------------------------------------- determinism
+
+@pytest.mark.parametrize("output", ["full", "summary"])
+@pytest.mark.parametrize("cfg", [SAMPLED, GARNET], ids=["bandit", "garnet_per_seed"])
+def test_results_do_not_depend_on_chunks_grid_batches_or_seed_count(cfg, output):
+    cfg = {**cfg, "output": output}
+    ref = es.run(cfg, progress=False)
+    for change in [{"chunk_steps": 3 if cfg["steps"] % 3 == 0 else 2}, {"grid_batch": 1},
+                   {"grid_batch": 2, "chunk_steps": 0}]:
+        assert_same(ref, es.run({**cfg, **change}, progress=False))
+    if output == "full":  # seed n is seed n, whatever the number of seeds, at one seed_block
+        fewer = es.run({**cfg, "seed_block": 8}, progress=False)
+        more = es.run({**cfg, "seed_block": 8, "seeds": cfg["seeds"] + 5}, progress=False)
+        for k in ref.arrays:
+            np.testing.assert_array_equal(fewer.arrays[k], more.arrays[k][:, :cfg["seeds"]], err_msg=k)
+
+
+DEVICES_SCRIPT = """
+import json, sys
+import numpy as np
+import entropy_sim as es, jax
+assert len(jax.devices()) == 4, jax.devices()
+cfg = json.loads(sys.argv[1])
+out = {}
+for output in ["full", "summary"]:
+    runs = [es.run({**cfg, "output": output, "devices": d, "grid_batch": g}, progress=False)
+            for d, g in [(1, 0), (2, 1), (4, 2)]]
+    ref = runs[0]
+    same = []
+    for r in runs[1:]:
+        if output == "full":
+            same.append(all(np.array_equal(r.arrays[k], ref.arrays[k], equal_nan=True) for k in ref.arrays))
+        else:
+            same.append(all(np.array_equal(r.stats[k][s], ref.stats[k][s], equal_nan=True)
+                            for k in ref.stats for s in ref.stats[k]))
+        same[-1] = same[-1] and np.array_equal(r.final_theta, ref.final_theta)
+    out[output] = same
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("cfg", [SAMPLED, GARNET], ids=["bandit", "garnet_per_seed"])
+def test_one_two_and_four_devices_give_bitwise_identical_results(cfg):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"full": [True, True], "summary": [True, True]}, result
+
+
+def test_more_devices_than_available_is_a_config_error():
+    with pytest.raises(es.ConfigError, match="devices"):
+        es.run(small_config(devices=64), progress=False)
+
+
+# ----------------------------------------------------------------------------- resume
+
+RESUME_CONFIG = """
+seeds = 300
+steps = 4000
+chunk_steps = 40
+[env]
+kind = "bandit"
+arms = 10
+noise = "bernoulli"
+[algo]
+name = "reinforce"
+eta = [0.1, 0.3]
+batch = 16
+baseline = "mean"
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(RESUME_CONFIG)
+    cli = [sys.executable, "-m", "entropy_sim.cli", "run", str(config), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    progress = tmp_path / ".killed.progress"
+    proc = subprocess.Popen(cli + ["--out", str(tmp_path / "killed")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        manifest = progress / "manifest.json"
+        if manifest.exists():
+            done = len(json.loads(manifest.read_text())["done"])
+            if done >= 3:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= done < 100
+    assert not (tmp_path / "killed").exists()  # nothing that looks like a result
+    resumed = subprocess.run(cli + ["--out", str(tmp_path / "killed")], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert not progress.exists()
+    whole = subprocess.run(cli + ["--out", str(tmp_path / "whole")], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    for name in ["metrics.parquet", "summary.parquet"]:
+        a = pd.read_parquet(tmp_path / "killed" / name)
+        b = pd.read_parquet(tmp_path / "whole" / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_checkpoint_of_another_config_is_not_reused(tmp_path):
+    cfg = {**SAMPLED, "chunk_steps": 4}
+    folder = tmp_path / "progress"
+    first = es.run(cfg, progress=False, checkpoint=folder)
+    again = es.run(cfg, progress=False, checkpoint=folder)  # everything done: read back
+    assert_same(first, again)
+    other = es.run({**cfg, "seed": 1}, progress=False, checkpoint=folder)
+    fresh = es.run({**cfg, "seed": 1}, progress=False)
+    assert_same(other, fresh)
+
+
+# ----------------------------------------------------------------------------- non-finite
+
+OVERFLOW = small_config(seeds=3, steps=40, algo={"name": "npg", "eta": [1.0, 1e37]},
+                        env={"kind": "bandit", "means": [1.0, 0.0, 0.5]})
+
+
+def test_non_finite_values_stop_the_run_naming_grid_point_seed_and_step():
+    with pytest.raises(es.NonFiniteError, match=r"step \d+, seed 0, grid point 1 \(eta=1e\+37\)"):
+        es.run(OVERFLOW, progress=False)
+    with pytest.raises(es.NonFiniteError, match=r"seed 0, grid point 1 \(eta=1e\+37\)"):
+        es.run({**OVERFLOW, "output": "summary"}, progress=False)
+
+
+def test_mark_mode_flags_the_rows_and_goes_on():
+    with pytest.warns(UserWarning, match="marked"):
+        res = es.run({**OVERFLOW, "on_nonfinite": "mark"}, progress=False)
+    df = res.metrics
+    assert df.nonfinite.dtype == bool
+    bad = df[df.nonfinite]
+    assert (bad.eta == 1e37).all() and len(bad) > 0
+    assert np.isfinite(df[~df.nonfinite].drop(columns=["dH_pred_closed"]).to_numpy(float)).all()
+    metrics = [c for c in df.columns if c not in ("eta", "seed", "step", "nonfinite", "dH_pred_closed")]
+    assert (~np.isfinite(bad[metrics].to_numpy(float))).any(axis=1).all()  # each with a reason
+    summary = res.summary()
+    assert summary.loc[summary.eta == 1.0, "n"].eq(3).all()
+    assert summary.loc[(summary.eta == 1e37) & (summary.step == 39), "n"].eq(0).all()
+    with pytest.warns(UserWarning, match="excluded from the statistics"):
+        summ = es.run({**OVERFLOW, "on_nonfinite": "mark", "output": "summary"}, progress=False)
+    assert (summ.stats["nonfinite"]["count"][0] == 0).all()
+    assert summ.stats["nonfinite"]["count"][1, -1] == 3
+    np.testing.assert_array_equal(summ.stats["entropy"]["n"][1] + summ.stats["nonfinite"]["count"][1], 3)
+
+
+# ----------------------------------------------------------------------------- float64
+
+def test_float64_follows_the_eta_squared_law_where_float32_cannot():
+    """T3's error |dH_realized - dH_pred_cov| is second order: err / eta^2 is constant as eta -> 0.
+    In float64 it stays constant down to eta = 1e-6; float32's rounding (relative 1e-7 of
+    the change itself) swamps it there."""
+    etas = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+    cfg = {"seeds": 8, "steps": 1, "env": {"kind": "bandit", "arms": 10},
+           "policy": {"init": "gaussian", "scale": 1.0}, "algo": {"name": "npg", "eta": etas}}
+    ratio = {}
+    for dtype in ["float64", "float32"]:
+        res = es.run({**cfg, "dtype": dtype}, progress=False)
+        err = np.abs(res.arrays["dH_realized"] - res.arrays["dH_pred_cov"])[:, :, 0]  # [G, N]
+        ratio[dtype] = err / np.asarray(etas)[:, None] ** 2
+    # Against eta = 1e-4: the third-order term moves err / eta^2 by O(eta), 1% at eta = 1e-2.
+    r64 = ratio["float64"] / ratio["float64"][2]
+    assert np.abs(r64[1:] - 1).max() < 0.01, r64  # second order all the way down to 1e-6
+    assert np.abs(r64[0] - 1).max() < 0.1
+    r32 = ratio["float32"] / ratio["float64"][2]
+    assert np.abs(r32[1] - 1).max() < 0.05       # float32 follows at eta = 1e-3 ...
+    assert np.median(np.abs(r32[-1] - 1)) > 0.5  # ... and has lost the law at eta = 1e-6
+
+
+def test_two_processes_with_jax_distributed_write_the_single_process_result(tmp_path):
+    """The README's multi-process command, run as two local processes of 2 CPU devices each."""
+    config = tmp_path / "c.toml"
+    config.write_text(RESUME_CONFIG.replace("steps = 4000", "steps = 30").replace("seeds = 300",
+                                                                                  "seeds = 30"))
+    base = [sys.executable, "-m", "entropy_sim.cli", "run", str(config), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    port = 20000 + os.getpid() % 20000
+    procs = [subprocess.Popen(base + ["--out", str(tmp_path / "dist"), "--distributed",
+                                      "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                      "--process-id", str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    single = subprocess.run(base + ["--out", str(tmp_path / "single")], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert single.returncode == 0, single.stderr
+    for name in ["metrics.parquet", "summary.parquet"]:
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dist" / name),
+                                      pd.read_parquet(tmp_path / "single" / name), check_exact=True)
