@@ -56,6 +56,8 @@ TOP_LEVEL = {
     "output": "full (one row per grid point, seed and step) or summary (statistics over seeds, "
               "computed inside the scan: memory independent of the number of seeds)",
     "quantiles": "quantiles over seeds of the summary (list of probabilities in (0, 1))",
+    "quantile_metrics": "metrics whose quantiles the summary mode computes (each costs a sort "
+                        "over the seeds per step; the others get mean, std and n)",
     "on_nonfinite": "error (stop, naming grid point, seed and step) or mark (flag the rows, go on)",
     "devices": "number of devices to shard seeds across (0 = all available)",
     "grid_batch": "grid points per compiled call (0 = all); results do not depend on it",
@@ -164,6 +166,10 @@ def resolve(raw: dict) -> dict:
                                       high_open=True) for i, q in enumerate(quantiles)]
     if len(set(out["quantiles"])) != len(out["quantiles"]):
         raise ConfigError("quantiles", f"values must be distinct, got {quantiles!r}")
+    names = top.raw("quantile_metrics", ["entropy", "return", "cov_error"])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("quantile_metrics", f"expected a list of metric names, got {names!r}")
+    out["quantile_metrics"] = names
     if out["steps"] % out["log_every"]:
         raise ConfigError("log_every", f"must divide steps = {out['steps']}, got {out['log_every']}")
     pass_at = top.raw("pass_at", [1, 8])

@@ -47,7 +47,8 @@ def band_plot(ax, summary: pd.DataFrame, metric: str, keys, *, band: str = "quan
     (``band="quantile"``) or the 95% confidence interval of the mean (``band="ci"``)."""
     sub = summary[summary.metric == metric]
     groups = sub.groupby(list(keys), sort=False) if keys else [((), sub)]
-    lo, hi = ("q025", "q975") if band == "quantile" else ("ci_low", "ci_high")
+    quantiles = band == "quantile" and {"q025", "q975"} <= set(summary.columns)
+    lo, hi = ("q025", "q975") if quantiles else ("ci_low", "ci_high")  # CI if other quantiles
     for i, (_, g) in enumerate(groups):
         colour = OKABE_ITO[i % len(OKABE_ITO)]
         ax.plot(g.step, g["mean"], color=colour, label=grid_label(g.iloc[0], keys))
@@ -83,7 +84,8 @@ def plot_results(out_dir, *, fmt: str = "png") -> list[Path]:
         raise FileNotFoundError(f"{out} is not a result folder (no summary.parquet)")
     config = json.loads((out / "config.json").read_text())
     summary = pd.read_parquet(out / "summary.parquet")
-    metrics = pd.read_parquet(out / "metrics.parquet", columns=None)
+    full = (out / "metrics.parquet").exists()  # a summary-mode folder has no per-seed rows
+    metrics = pd.read_parquet(out / "metrics.parquet") if full else None
     keys = [k for k, v in config["algo"].items() if isinstance(v, list)]
     title = config.get("name") or f"{config['algo']['name']} on {config['env']['kind']}"
     figures = out / "figures"
@@ -94,7 +96,13 @@ def plot_results(out_dir, *, fmt: str = "png") -> list[Path]:
         axes[0].set_title("entropy (mean, 95% of seeds)")
         band_plot(axes[1], summary, "return", keys)
         axes[1].set_title("return (mean, 95% of seeds)")
-        law_plot(axes[2], metrics, keys)
+        if full:
+            law_plot(axes[2], metrics, keys)
+        else:
+            band_plot(axes[2], summary, "cov_abs_error", keys)
+            axes[2].set_yscale("log")
+            axes[2].set_ylabel("|realized − predicted ΔH| [nats]")
+            axes[2].set_title("covariance law: error (mean, 95% of seeds)")
         axes[0].legend(frameon=False)
         fig.suptitle(f"{title}  ({config['seeds']} seeds)")
         path = figures / f"overview.{fmt}"

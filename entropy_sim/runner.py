@@ -98,7 +98,8 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
                    lay: sharding.Layout, grid_rows: int):
     """The jitted chunk ``(state, env, hp, t0, real, trips) -> (state, out)``: ``length`` steps from step
     ``t0``, logging every ``log_every``-th. ``out`` is ``{name: [G, N, length // log_every]}``, or
-    with ``quantiles`` (summary mode) the statistics over the seeds where ``real: [N]`` is true,
+    with ``quantiles = (probabilities, metrics)`` (summary mode) the statistics over the seeds
+    where ``real: [N]`` is true,
     ``{name: {stat: [G, length // log_every]}}`` (``summary.over_seeds``).
     ``options``: the rule's static options as sorted ``(name, value)`` pairs; ``lay``: the
     device layout and seed block size (``sharding.py``); ``grid_rows``: the grid points of a full
@@ -113,29 +114,22 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
         state = jax.lax.fori_loop(1, log_every, lambda i, s: advance(s, t + i)[0], state)
         return state, metrics
 
-    if quantiles is None:
-        # Per-seed output: each block of seeds runs the whole chunk (one loop trip per block).
-        def block_chunk(state, env, hp, t0):
-            advance = lambda s, t: per_seed(s, env, hp, t)  # noqa: E731
-            state, out = jax.lax.scan(functools.partial(strided, advance), state, times(t0))
-            return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
+    def block_chunk(state, env, hp, t0):
+        advance = lambda s, t: per_seed(s, env, hp, t)  # noqa: E731
+        state, out = jax.lax.scan(functools.partial(strided, advance), state, times(t0))
+        return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
 
-        blocked = sharding.blockwise(block_chunk, lay, env_per_seed)
+    # Each block of seeds runs the whole chunk (one loop trip per block and chunk).
+    blocked = sharding.blockwise(block_chunk, lay, env_per_seed)
 
-        def chunk(state, env, hp, t0, real, trips):
-            return blocked(state, env, hp, t0, trips)
-    else:
-        # Statistics over all seeds at every step: the blocks are looped over inside each step.
-        blocked = sharding.blockwise(per_seed, lay, env_per_seed)
-
-        def chunk(state, env, hp, t0, real, trips):
-            def logged(state, t):
-                state, metrics = strided(lambda s, u: blocked(s, env, hp, u, trips), state, t)
-                metrics = jax.tree.map(lambda x: x[:grid_rows], metrics)
-                return state, summary.over_seeds(metrics, real, quantiles, NAN_ALLOWED)
-
-            state, out = jax.lax.scan(logged, state, times(t0))
-            return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
+    def chunk(state, env, hp, t0, real, trips):
+        state, out = blocked(state, env, hp, t0, trips)  # {name: [G, N, T]}
+        if quantiles is None:
+            return state, out
+        # Summary mode: statistics over the seeds of every step, computed here, so only they
+        # leave the device; the per-seed values live for one chunk (its size bounds them).
+        out = jax.tree.map(lambda x: x[:grid_rows], out)
+        return state, summary.over_seeds(out, real, quantiles[0], NAN_ALLOWED, quantiles[1])
 
     return jax.jit(chunk, donate_argnums=0)
 
@@ -170,8 +164,8 @@ def make_plan(exp: Experiment) -> Plan:
     g = exp.num_grid if cfg["grid_batch"] <= 0 else min(cfg["grid_batch"], exp.num_grid)
     batches = [(g0, min(g, exp.num_grid - g0)) for g0 in range(0, exp.num_grid, g)]
     layout = sharding.layout(exp.num_seeds, cfg["devices"], cfg["seed_block"])
-    seeds_kept = 1 if cfg["output"] == "summary" else exp.num_seeds
-    per_step = 4 * 24 * g * seeds_kept // cfg["log_every"]
+    # Per-seed metrics of a chunk are held on the device in either mode.
+    per_step = 4 * 24 * g * exp.num_seeds // cfg["log_every"]
     chunks = plan_chunks(cfg["steps"], cfg["log_every"], cfg["chunk_steps"], per_step)
     # Arrays hold at least 2 grid points: XLA compiles a loop over a size-1 axis differently (its
     # dynamic index becomes static), which can change the rounding. Padding is never computed.
@@ -187,7 +181,7 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
     cfg = exp.config
     plan = make_plan(exp)
     summary_mode = cfg["output"] == "summary"
-    quantiles = tuple(cfg["quantiles"]) if summary_mode else None
+    quantiles = (tuple(cfg["quantiles"]), tuple(cfg["quantile_metrics"])) if summary_mode else None
     opt_name = cfg["algo"]["optimizer"]
     pass_at = tuple(cfg["pass_at"]) if _binary_rewards(exp) else ()
     options = tuple(sorted(exp.options.items()))

@@ -1,7 +1,7 @@
 """Statistics over seeds, computed inside the compiled scan (``output = "summary"``).
 
 Per grid point and step, over the seeds whose metrics are all finite: the mean, the standard
-deviation, the chosen quantiles, and the count ``n``; plus the covariance law's error statistics
+deviation, the count ``n`` and, for the chosen metrics, the chosen quantiles; plus the covariance law's error statistics
 as three derived metrics (``cov_error = dH_realized - dH_pred_cov``, its absolute value, and
 ``cov_sign_agree``, 1 where predicted and realized changes have the same sign). The output's size is
 independent of the number of seeds.
@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from entropy_sim.errors import ConfigError
 
 Array = jax.Array
 
@@ -42,18 +44,21 @@ def with_derived(metrics: dict) -> dict:
     return out
 
 
-def ordered_sum(x: Array) -> Array:
-    """Sum over the last axis in a fixed pairwise order: ``[..., N] -> [...]``."""
-    n = x.shape[-1]
+def ordered_sum(x: Array, axis: int = -1) -> Array:
+    """Sum over ``axis`` in a fixed pairwise order (zeros appended up to a power of two, then
+    contiguous halves added elementwise), the same for any padding or device layout."""
+    x = jnp.moveaxis(x, axis, 0) if axis not in (0, -x.ndim) else x
+    n = x.shape[0]
     width = 1 << max(n - 1, 0).bit_length()
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - n)])
-    while x.shape[-1] > 1:
-        x = x[..., 0::2] + x[..., 1::2]
-    return x[..., 0]
+    x = jnp.pad(x, [(0, width - n)] + [(0, 0)] * (x.ndim - 1))
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        x = x[:half] + x[half:]
+    return x[0]
 
 
 def nonfinite_rows(metrics: dict, nan_allowed=()) -> Array:
-    """``[G, N]`` bool: rows where a metric (other than ``nan_allowed``) is NaN or infinite."""
+    """Rows where a metric (other than ``nan_allowed``) is NaN or infinite (bool, same shape)."""
     bad = None
     for name, values in metrics.items():
         if name in nan_allowed:
@@ -64,40 +69,50 @@ def nonfinite_rows(metrics: dict, nan_allowed=()) -> Array:
 
 
 def over_seeds(metrics: dict[str, Array], real: Array, quantiles: tuple[float, ...],
-               nan_allowed=()) -> dict[str, dict[str, Array]]:
-    """Statistics of ``{name: [G, N]}`` over the seed axis, counting only seeds where ``real: [N]``
-    and every metric but ``nan_allowed`` is finite. Returns ``{name: {stat: [G]}}`` with stats
-    ``mean``, ``std`` (ddof 1; 0 for one seed), ``n`` and one entry per quantile, and
-    ``{"nonfinite": {"count": [G], "first_seed": [G]}}`` (the lowest bad seed index, -1 if none)."""
+               nan_allowed=(), quantile_metrics: tuple[str, ...] = ()) -> dict[str, dict[str, Array]]:
+    """Statistics of ``{name: [G, N, T]}`` over the seed axis, counting only seeds where
+    ``real: [N]`` and every metric but ``nan_allowed`` is finite. Returns ``{name: {stat: [G, T]}}``
+    with stats ``mean``, ``std`` (ddof 1; 0 for one seed), ``n`` and, for the
+    ``quantile_metrics``, one entry per quantile (NaN for the others: a sort over the seeds per
+    metric and step is the costliest part of a summary), and
+    ``{"nonfinite": {"count": [G, T], "first_seed": [G, T]}}`` (lowest bad seed index, -1 if none)."""
     metrics = with_derived(metrics)
+    unknown = sorted(set(quantile_metrics) - set(metrics))
+    if unknown:
+        raise ConfigError("quantile_metrics", f"unknown metric(s) {unknown}; this run logs "
+                                              f"{sorted(metrics)}")
+    real = real[None, :, None]
     bad = nonfinite_rows(metrics, nan_allowed) & real
     ok = real & ~bad
     dtype = metrics["dH_realized"].dtype
-    n = ordered_sum(ok.astype(dtype))
+    n = ordered_sum(ok.astype(dtype), axis=1)
     out = {}
     for name, x in metrics.items():
-        mean = ordered_sum(jnp.where(ok, x, 0.0)) / n
-        sq = ordered_sum(jnp.where(ok, (x - mean[:, None]) ** 2, 0.0))
+        mean = ordered_sum(jnp.where(ok, x, 0.0), axis=1) / n
+        sq = ordered_sum(jnp.where(ok, (x - mean[:, None]) ** 2, 0.0), axis=1)
         stats = {"mean": mean, "std": jnp.sqrt(sq / jnp.maximum(n - 1, 1)), "n": n}
-        stats.update(_quantiles(x, ok, n, quantiles))
+        if name in quantile_metrics:
+            stats.update(_quantiles(x, ok, n, quantiles))
+        else:
+            stats.update({quantile_name(p): jnp.full_like(mean, jnp.nan) for p in quantiles})
         out[name] = stats
-    first = jnp.where(jnp.any(bad, axis=-1), jnp.argmax(bad, axis=-1), -1)
-    out["nonfinite"] = {"count": jnp.sum(bad, axis=-1).astype(jnp.int32), "first_seed": first}
+    first = jnp.where(jnp.any(bad, axis=1), jnp.argmax(bad, axis=1), -1)
+    out["nonfinite"] = {"count": jnp.sum(bad, axis=1).astype(jnp.int32), "first_seed": first}
     return out
 
 
 def _quantiles(x: Array, ok: Array, n: Array, quantiles) -> dict[str, Array]:
-    """numpy's default (linear) quantiles over the ``ok`` entries of each row. ``[G, N] -> [G]``."""
+    """numpy's default (linear) quantiles over the ``ok`` seeds. ``[G, N, T] -> [G, T]``."""
     if not quantiles:
         return {}
-    ordered = jnp.sort(jnp.where(ok, x, jnp.inf), axis=-1)
+    ordered = jnp.sort(jnp.where(ok, x, jnp.inf), axis=1)
     out = {}
     for p in quantiles:
         pos = p * jnp.maximum(n - 1, 0)
         lo = jnp.floor(pos)
         lo_i = lo.astype(jnp.int32)[:, None]
         hi_i = jnp.minimum(lo_i + 1, jnp.maximum(n.astype(jnp.int32) - 1, 0)[:, None])
-        a = jnp.take_along_axis(ordered, lo_i, axis=-1)[:, 0]
-        b = jnp.take_along_axis(ordered, hi_i, axis=-1)[:, 0]
+        a = jnp.take_along_axis(ordered, lo_i, axis=1)[:, 0]
+        b = jnp.take_along_axis(ordered, hi_i, axis=1)[:, 0]
         out[quantile_name(p)] = jnp.where(n > 0, a + (b - a) * (pos - lo), jnp.nan)
     return out

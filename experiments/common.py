@@ -19,7 +19,7 @@ overrides merged in with ``--quick`` (a top-level ``[quick]`` table for every ru
     steps = 200
     env = { kind = "bandit", arms = 10 }
     algo = { name = "npg", eta = [0.05, 0.1] }
-    quick = { steps = 50 }
+    quick = { steps = 50 }       # or { skip = true }: full size only
 
 ``main`` writes ``results/experiments/eN_name/`` under a temporary name and renames it when the
 experiment is complete: one subfolder per run (``metrics.parquet``, ``summary.parquet``,
@@ -75,7 +75,9 @@ def load_runs(name: str, quick: bool) -> dict[str, dict]:
     runs = {}
     for run_name, table in spec.get("runs", {}).items():
         table = dict(table)
-        own_quick = table.pop("quick", {})
+        own_quick = dict(table.pop("quick", {}))
+        if quick and own_quick.pop("skip", False):
+            continue  # a full-size-only run
         runs[run_name] = merge(merge(table, common_quick), own_quick) if quick else table
     return runs
 

@@ -51,6 +51,12 @@ def test_readme_demo_command_writes_results_table_and_figure(scratch):
     assert (scratch / "results/demo/figures/overview.png").stat().st_size > 10_000
 
 
+def test_readme_experiments_command_is_the_one_the_experiment_tests_run():
+    # tests/test_experiments.py runs it (in-process, into a scratch folder) and checks each claim.
+    assert blocks("bash")[3].strip() == "python -m experiments all --quick"
+    assert 'cli(["all", "--quick"' in (ROOT / "tests" / "test_experiments.py").read_text()
+
+
 def test_readme_cli_commands_run(scratch):
     for line in blocks("bash")[2].strip().splitlines():
         run_shell(line, scratch)
