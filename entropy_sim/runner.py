@@ -1,10 +1,14 @@
-"""The run loop: ``jit`` of a ``lax.scan`` over steps of an update vmapped over seeds and the grid.
+"""The run loop: a jitted chunk of steps, run block of seeds by block of seeds on every device.
 
 Layout of every batched array: ``[G, N, ...]`` (grid point, seed). One compiled chunk function
 serves any hyperparameter values (they are traced arrays) and any chunk offset (the first step is
-a traced argument), so a run compiles once per chunk length. Long runs go chunk by chunk: memory
-holds one chunk of metrics, a progress bar advances per chunk, and the result does not depend on
-the chunk size because the samples of step ``t`` use ``fold_in(seed key, t)``.
+a traced argument), so a run compiles once per chunk length. Inside a chunk each block of
+``seed_block`` seeds of each grid point runs a ``lax.scan`` over the steps (``sharding.blockwise``),
+so a seed's numbers do not depend on the number of seeds, devices or grid points. Long runs go
+chunk by chunk: memory holds one chunk of metrics, a progress bar advances per chunk, and the result
+does not depend on the chunk size because the samples of step ``t`` use ``fold_in(seed key, t)``.
+In summary mode the chunk also reduces over the seeds (``summary.over_seeds``) before anything
+leaves the device.
 """
 
 from __future__ import annotations
