@@ -12,13 +12,19 @@ workload kept in preallocated ``[T, N]`` arrays) run in the same process:
 - exact PG on random (Garnet) MDPs, S = 50, A = 5, gamma = 0.9, 1,000 seeds x 500 steps;
 - AEPO on contextual bandits, 64 prompts x 8 actions (2 correct), 64 prompts per step x G = 8,
   1,000 seeds x 500 steps;
-- an ``npg_entropy`` sweep over a 4 x 4 (eta x tau) grid, run twice with new values: it compiles once;
-- peak memory (fresh subprocesses, ``ru_maxrss``) of the first workload per-step, with a
+- an ``npg_entropy`` sweep over a 4 x 4 (eta x tau) grid, run again with new values: the grid
+  compiles once per chunk length, and new values compile nothing;
+- peak memory (fresh subprocesses, peak RSS ``VmHWM``) of the first workload per-step, with a
   ``log_every`` stride, and with ``output = "summary"``;
 - the speed limit of the first workload: the irreducible work (the entropy of every logged policy,
-  one fused scan) next to the engine's full step, with the intermediate variants between them.
+  one fused scan) next to the engine's full step, with the variants between them (layout,
+  diagnostics, seed blocks, the engine's step with its diagnostics cut or rewritten, host side,
+  two CPU devices, summary mode).
 
-``--quick`` shrinks every size 10-50x (about a minute on an idle 2-core machine); ``--check``
+The MDP workload is timed in a subprocess with a time limit: jaxlib 0.10.2's batched LAPACK solves
+can deadlock on a 2-core machine (see ``time_engine_guarded``).
+
+``--quick`` shrinks every size 10-50x (two to three minutes on this 2-core machine under load); ``--check``
 first checks every NumPy reference against the engine on small cases (exact rules row by row; the
 sampled ones both row by row when fed the engine's own uniforms and in distribution with NumPy's
 generator); ``--long`` adds 100,000 seeds x 10,000 steps of the first workload in summary mode
@@ -29,7 +35,7 @@ are per seed-step either way. Not part of the unit tests.
 from __future__ import annotations
 
 import argparse
-import functools
+import gc
 import json
 import os
 import platform
@@ -37,6 +43,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -149,16 +156,42 @@ def eval_bandit(theta, r, rho, tau, ax, xp) -> Ev:
     return Ev(pi, log_pi, ent, rho, r, v, adv, _rs(rho * success, ax), _rs(rho * v, ax), success)
 
 
+TILT_MAX = 30.0  # softmax._TILT_MAX: beyond it the direct forms replace the tilted ones
+
+
+def _log_softmax(x, ax, xp):
+    z = x - x.max(axis=ax.a, keepdims=True)
+    return z - xp.log(_ra(xp.exp(z), ax))
+
+
 def step_metrics(ev: Ev, ev_next: Ev, dz, ax, xp) -> dict:
     """``diagnostics.step_metrics``, per seed: the cancellation-free entropy and KL changes of
-    ``softmax._tilt``, the covariance prediction, T1's and T2's quantities."""
+    ``softmax.entropy_change`` / ``kl_change`` (the tilted forms, and the direct ones on states
+    whose centred change exceeds ``TILT_MAX``), the covariance prediction, T1's and T2's
+    quantities. With numpy the direct forms are computed only when some state needs them; with
+    jax.numpy always (a ``where``, as the engine does)."""
     pi, log_pi, occ = ev.pi, ev.log_pi, ev.occ
     u = dz - _ra(pi * dz, ax)
-    e = xp.expm1(u)
+    large = xp.abs(u).max(axis=ax.a, keepdims=True) > TILT_MAX
+    any_large = xp is not np or bool(large.any())
+    u_t = u
+    if any_large:
+        dz_t = xp.where(large, 0.0, dz)
+        u_t = dz_t - _ra(pi * dz_t, ax)
+    e = xp.expm1(u_t)
     m = _ra(pi * e, ax)
     w = (e - m) / (1 + m)
     log1p_m = xp.log1p(m)
-    within = _rs(occ * (log1p_m - _ra(pi * (log_pi + u) * w, ax)), ax)
+    ent_change = log1p_m - _ra(pi * (log_pi + u_t) * w, ax)
+    kl = _ra(pi * u_t * w, ax) - log1p_m
+    if any_large:
+        log_next = _log_softmax(log_pi + dz, ax, xp)
+        ent_change = xp.where(large, _ra(pi * log_pi, ax) - _ra(xp.exp(log_next) * log_next, ax),
+                              ent_change)
+        log_pi_kl = xp.log(xp.maximum(pi, np.finfo(np.float32).tiny))
+        log_next = _log_softmax(log_pi_kl + dz, ax, xp)
+        kl = xp.where(large, _ra(xp.exp(log_next) * (log_next - log_pi_kl), ax), kl)
+    within = _rs(occ * ent_change, ax)
     shift = _rs((ev_next.occ - occ) * ev_next.ent, ax)
     p2 = _ra(pi * pi, ax)
     dz_abs = xp.abs(dz).max(axis=ax.a, keepdims=True)
@@ -171,7 +204,7 @@ def step_metrics(ev: Ev, ev_next: Ev, dz, ax, xp) -> dict:
         "return": ev.ret,
         "renyi2": -_rs(occ * xp.log(p2), ax),
         "grad_sq_norm": _rs(occ * (1 - p2), ax),
-        "kl": _rs(occ * (_ra(pi * u * w, ax) - log1p_m), ax),
+        "kl": _rs(occ * kl, ax),
         "kl_quad": 0.5 * _rs(occ * _ra(pi * u * u, ax), ax),
         "kl_bound": _rs(occ * (0.5 * dz.shape[ax.a]) * dz_abs ** 2 * (1 - xp.exp(-ev.ent)), ax),
         "dz_max": dz_abs.max(axis=ax.s, keepdims=True),
@@ -517,6 +550,23 @@ def time_engine(cfg, repeats):
     return max(first - steady, 0.0), steady
 
 
+def time_engine_guarded(cfg, repeats, timeout):
+    """``time_engine`` in a fresh process that is killed after ``timeout`` s. The MDP workload
+    needs it: with jaxlib 0.10.2 on 2 cores, its batched LU solves (LAPACK trsm through
+    ``jax::ParallelBatchMap``) can deadlock, both intra-op pool threads waiting for tasks queued
+    behind themselves (seen at 1,000 seeds = 4 blocks of 256, not at 1 or 2 blocks). On a hang it
+    is timed again with one block of all seeds (``seed_block = seeds``), and says so."""
+    out = in_subprocess({"mode": "time", "cfg": cfg, "repeats": repeats}, timeout=timeout)
+    if out is not None:
+        return out["compile_s"], out["steady_s"], None
+    one_block = {**cfg, "seed_block": cfg["seeds"]}
+    out = in_subprocess({"mode": "time", "cfg": one_block, "repeats": repeats}, timeout=timeout)
+    note = f"default layout hung (killed after {timeout} s): jaxlib LAPACK deadlock; "
+    if out is None:
+        return float("nan"), float("nan"), note + "seed_block = seeds hung too"
+    return out["compile_s"], out["steady_s"], note + "timed with seed_block = seeds"
+
+
 def time_numpy(name, exp, steps, repeats=1, ax=SEEDS_LAST):
     """Best of ``repeats`` runs of the NumPy reference (nothing to compile: the first counts)."""
     return min(best_of(lambda: run_numpy(name, exp, steps, ax), repeats - 1))
@@ -530,7 +580,7 @@ def fmt_rate(x):
     return f"{x:.0f}"
 
 
-def workloads(size, args):
+def workloads(size):
     """The main table: engine and NumPy rates of every workload."""
     rows = []
     labels = {"npg": "exact NPG, 10-armed bandit, full diagnostics",
@@ -541,7 +591,11 @@ def workloads(size, args):
         seeds, steps, np_steps, repeats = size[name]
         cfg = config(name, seeds, steps)
         print(f"  {label}: engine ...", flush=True)
-        compile_s, steady = time_engine(cfg, repeats)
+        note = None
+        if name == "mdp":
+            compile_s, steady, note = time_engine_guarded(cfg, repeats, 300 if seeds * steps > 1e5 else 120)
+        else:
+            compile_s, steady = time_engine(cfg, repeats)
         exp = es.build(es.Config(config(name, seeds, np_steps)))
         print(f"  {label}: numpy ...", flush=True)
         np_s = time_numpy(name, exp, np_steps, repeats=2 if np_steps * seeds <= 2e6 else 1)
@@ -550,7 +604,7 @@ def workloads(size, args):
                      "compile_s": round(compile_s, 2), "engine_s": round(steady, 3),
                      "engine_seed_steps_per_s": round(engine_rate), "numpy_steps": np_steps,
                      "numpy_s": round(np_s, 3), "numpy_seed_steps_per_s": round(numpy_rate),
-                     "ratio": round(engine_rate / numpy_rate, 2)})
+                     "ratio": round(engine_rate / numpy_rate, 2), "note": note})
         if name == "npg":  # the same NumPy maths in the engine's own layout, actions minor
             first_steps = max(np_steps // 5, 1)
             s = time_numpy(name, es.build(es.Config(config(name, seeds, first_steps))), first_steps,
@@ -588,8 +642,12 @@ def sweep(size):
     exp = es.build(es.Config(first_cfg))
     plan = runner.make_plan(exp)
     info = runner.compiled_chunk.cache_info()
-    fn = runner.compiled_chunk(exp.rule.name, "sgd", (), exp.env_per_seed, plan.chunks[0][1], 1, (),
-                               None, plan.layout, plan.grid_rows)
+    lengths = sorted({length for _, length in plan.chunks})
+    # Traces per chunk length (a second one when the state a chunk returns has another jit
+    # signature than the initial state; the backend compile is then a cache hit).
+    traces = {length: runner.compiled_chunk(exp.rule.name, "sgd", (), exp.env_per_seed, length, 1, (),
+                                            None, plan.layout, plan.grid_rows)._cache_size()
+              for length in lengths}
     grid = exp.num_grid
     steady = min(times[1:])
     np_exp = es.build(es.Config(config("sweep", seeds, np_steps)))
@@ -603,7 +661,7 @@ def sweep(size):
         "engine_s": round(steady, 3),
         "chunk_compiles_per_run": chunk_compiles, "xla_compiles_per_run": all_compiles,
         "compiled_chunk_cache": {"hits": info.hits, "misses": info.misses, "entries": info.currsize},
-        "chunk_jit_cache_size": fn._cache_size(),
+        "chunk_lengths": [length for _, length in plan.chunks], "chunk_traces_per_length": traces,
         "engine_seed_steps_per_s": round(engine_rate), "numpy_steps": np_steps,
         "numpy_s": round(np_s, 3), "numpy_seed_steps_per_s": round(numpy_rate),
         "ratio": round(engine_rate / numpy_rate, 2),
@@ -655,7 +713,7 @@ def engine_device(exp, repeats):
     cfg = exp.config
     plan = runner.make_plan(exp)
     summary_mode = cfg["output"] == "summary"
-    quantiles = tuple(cfg["quantiles"]) if summary_mode else None
+    quantiles = (tuple(cfg["quantiles"]), tuple(cfg["quantile_metrics"])) if summary_mode else None
     pass_at = tuple(cfg["pass_at"]) if runner._binary_rewards(exp) else ()
     options = tuple(sorted(exp.options.items()))
     env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
@@ -728,6 +786,21 @@ def speed_limit(size):
         "all_first")
     add("chunks", "engine: its compiled chunks alone, outputs left on the device",
         engine_device(exp, repeats), "blocked")
+    # The engine's chunks with its diagnostics swapped out (patched, then restored): what its
+    # step costs without them, and with the same diagnostics written with shared intermediates.
+    for key, label, metrics_fn in (
+            ("update_only", "engine: chunks with step_metrics cut to the entropy (its update, "
+                            "evaluation and closed form)", _entropy_only_metrics),
+            ("shared", "engine: chunks with this file's step_metrics (the same 12 columns, "
+                       "shared intermediates)", _engine_step_metrics)):
+        original = runner.step_metrics
+        runner.step_metrics = metrics_fn
+        clear_caches()
+        try:
+            add(key, label, engine_device(exp, repeats), "chunks")
+        finally:
+            runner.step_metrics = original
+            clear_caches()
     add("run_arrays", "engine: runner.run_arrays (+ transfer to host, non-finite check, collection)",
         best_of(lambda: runner.run_arrays(exp, progress=False), repeats)[1], "chunks")
     add("es.run", "engine: es.run (+ config, environments, keys)",
@@ -735,22 +808,43 @@ def speed_limit(size):
     strided = es.build(es.Config({**cfg, "log_every": 10}))
     add("log_every", "engine: run_arrays, log_every = 10 (diagnostics of 1 step in 10)",
         best_of(lambda: runner.run_arrays(strided, progress=False), repeats)[1], "run_arrays")
+    cores = os.cpu_count() or 1
+    if cores > 1:  # the engine's sharding over CPU "devices": one per core, in a fresh process
+        out = in_subprocess({"mode": "time", "cfg": cfg, "repeats": repeats},
+                            f"--xla_force_host_platform_device_count={cores}")
+        add("devices", f"engine: run_arrays on {out['devices']} CPU devices (XLA_FLAGS="
+                       f"--xla_force_host_platform_device_count={cores}, fresh process)",
+            out["steady_s"], "run_arrays")
     short = max(steps // 10, 10)  # summary mode is slow: timed on fewer steps
     summ = es.build(es.Config({**cfg, "steps": short, "output": "summary"}))
     add("summary", f"engine: run_arrays, output = \"summary\" (timed on {short} steps)",
         best_of(lambda: runner.run_arrays(summ, progress=False), 1)[1], "run_arrays", short)
     # The statistics over seeds of one logged step, alone (what summary mode adds per step).
     lay = runner.make_plan(summ).layout
-    metrics = {k: jax.random.normal(jax.random.PRNGKey(i), (1, lay.padded))
+    metrics = {k: jax.random.normal(jax.random.PRNGKey(i), (1, lay.padded, 1))
                for i, k in enumerate(sorted(rows_columns()))}
     real = jnp.arange(lay.padded) < seeds
     stats = {}
-    for label, q in (("with quantiles", tuple(summ.config["quantiles"])), ("without quantiles", ())):
-        fn = jax.jit(lambda m, real, q=q: summary.over_seeds(m, real, q, NAN_ALLOWED))
+    probs, chosen = tuple(summ.config["quantiles"]), tuple(summ.config["quantile_metrics"])
+    for label, q in (("with quantiles", chosen), ("without quantiles", ())):
+        fn = jax.jit(lambda m, real, q=q: summary.over_seeds(m, real, probs, NAN_ALLOWED, q))
         stats[label] = best_of(lambda: _sync(fn(metrics, real)), 5)[1]
     return rows, {"seeds_padded": lay.padded, "metrics": len(metrics),
                   "per_logged_step_ms": {k: round(v * 1e3, 2) for k, v in stats.items()},
                   "projected_s_for_all_steps": round(stats["with quantiles"] * steps, 2)}
+
+
+def _entropy_only_metrics(ev, ev_next, dz):
+    return {"entropy": jnp.sum(ev.occ * ev.ent)}
+
+
+def _engine_step_metrics(ev, ev_next, dz):
+    """This file's ``step_metrics`` on the engine's unbatched ``Evaluation`` (``[S, A]``)."""
+    def wrap(e):
+        return Ev(e.pi, e.log_pi, e.ent[:, None], e.occ[:, None], e.q, e.v[:, None], e.adv,
+                  e.ret, e.ret_reg, None)
+    row = step_metrics(wrap(ev), wrap(ev_next), dz, SEEDS_FIRST, jnp)
+    return {k: jnp.reshape(v, ()) for k, v in row.items()}
 
 
 def rows_columns():
@@ -778,48 +872,73 @@ def _status_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(cfg_json: str):
-    """In a fresh process: ``es.run`` the config; print the resident memory before the run and
-    the peak (after imports and building the experiment, so the baseline includes JAX itself)."""
-    cfg = json.loads(cfg_json)
+def child(payload_json: str):
+    """In a fresh process. ``memory``: ``es.run`` the config and print the resident memory before
+    the run (after imports and building the experiment, so it includes JAX itself) and the peak.
+    ``time``: compile and steady time of ``runner.run_arrays`` (e.g. under other ``XLA_FLAGS``)."""
+    payload = json.loads(payload_json)
+    cfg = payload["cfg"]
+    if payload["mode"] == "time":
+        compile_s, steady = time_engine(cfg, payload["repeats"])
+        print(json.dumps({"compile_s": compile_s, "steady_s": steady, "devices": len(jax.devices())}))
+        return
     es.build(es.Config(cfg))
     jnp.zeros(1).block_until_ready()
-    before, peak_before = _status_mb("VmRSS"), _status_mb("VmHWM")
+    out = {"rss_before_run_mb": _status_mb("VmRSS")}
     start = time.perf_counter()
     res = es.run(cfg, progress=False)
-    seconds = time.perf_counter() - start
+    out["seconds"] = time.perf_counter() - start
+    out["peak_rss_mb"] = _status_mb("VmHWM")  # first run: includes compiling
     kept = sum(v.nbytes for v in (res.arrays or {}).values())
     kept += sum(s.nbytes for d in (res.stats or {}).values() for s in d.values())
-    print(json.dumps({"rss_before_run_mb": round(before, 1), "peak_before_run_mb": round(peak_before, 1),
-                      "peak_rss_mb": round(_status_mb("VmHWM"), 1),
-                      "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "seconds": round(seconds, 2), "results_mb": round(kept / 2 ** 20, 1)}))
+    out["results_mb"] = kept / 2 ** 20
+    out["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del res
+    gc.collect()
+    try:  # reset the peak (Linux >= 4.0), then run again: the run's own peak, compiled already
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    else:
+        out["rss_before_second_run_mb"] = _status_mb("VmRSS")
+        res = es.run(cfg, progress=False)
+        out["peak_second_run_mb"] = _status_mb("VmHWM")
+    print(json.dumps({k: round(v, 1) for k, v in out.items()}))
 
 
-def in_subprocess(cfg: dict, timeout=None) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+def in_subprocess(payload: dict, xla_flags: str = "", timeout: float | None = None) -> dict | None:
+    """Run ``child(payload)`` in a fresh Python process; its JSON answer (None if it timed out)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(payload)],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
     if proc.returncode:
-        raise RuntimeError(f"memory subprocess failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"subprocess failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def memory(size):
+    """Peak memory of each mode, each in its own process (run side by side, one per core: the
+    peaks do not depend on each other, the run times in the JSON do)."""
     seeds, steps = size["memory"]
-    rows = []
-    for label, extra in MEMORY_MODES:
-        print(f"  memory: {label} ...", flush=True)
-        out = in_subprocess(config("npg", seeds, steps, **extra))
-        rows.append({"mode": label, "seeds": seeds, "steps": steps, **out})
-    return rows
+    print(f"  memory: {len(MEMORY_MODES)} modes ...", flush=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        outs = list(pool.map(lambda extra: in_subprocess(
+            {"mode": "memory", "cfg": config("npg", seeds, steps, **extra)}), [m[1] for m in MEMORY_MODES]))
+    return [{"mode": label, "seeds": seeds, "steps": steps, **out}
+            for (label, _), out in zip(MEMORY_MODES, outs)]
 
 
 def long_run(size):
     seeds, steps = size["long"]
     print(f"  long: {seeds} seeds x {steps} steps, summary mode ...", flush=True)
-    out = in_subprocess(config("npg", seeds, steps, output="summary"))
+    out = in_subprocess({"mode": "memory", "cfg": config("npg", seeds, steps, output="summary")})
     return {"seeds": seeds, "steps": steps, "output": "summary", **out,
             "seed_steps_per_s": round(seeds * steps / out["seconds"])}
 
@@ -875,6 +994,11 @@ def checks():
     for ax_name, ax in (("seeds-last", SEEDS_LAST), ("seeds-first", SEEDS_FIRST)):
         exp, arrays = engine({**config("npg", 64, 40), "policy": {"init": "gaussian", "scale": 2.0}})
         record(f"exact NPG, 64 seeds x 40 steps, {ax_name}", compare(arrays, run_numpy("npg", exp, 40, ax)))
+    cfg = {**config("npg", 32, 5), "policy": {"init": "gaussian", "scale": 2.0},
+           "algo": {"name": "npg", "eta": 60.0}}  # centred changes beyond TILT_MAX: direct forms
+    exp, arrays = engine(cfg)
+    record("exact NPG, eta = 60 (entropy and KL changes in their direct form), 32 seeds x 5 steps",
+           compare(arrays, run_numpy("npg", exp, 5)))
     cfg = config("sweep", 16, 30)
     cfg["algo"] = {"name": "npg_entropy", "eta": [0.1, 0.5], "tau": [0.05, 0.3]}
     exp, arrays = engine(cfg)
@@ -919,22 +1043,27 @@ def markdown(rows, sweep_row, mem, limit, limit_summary, long_row):
             lines.append(f"| same, NumPy in the seeds-first layout [N, A] | | | | "
                          f"{fmt_rate(r['numpy_seeds_first_seed_steps_per_s'])} | "
                          f"{r['ratio_seeds_first']:.2f} |")
+    for r in rows:
+        if r.get("note"):
+            lines += ["", f"{r['workload']}: {r['note']}."]
     if sweep_row:
         lines += ["", f"Sweep: first run {sweep_row['first_run_s']} s, second run with new eta and "
                       f"tau values {sweep_row['second_run_new_values_s']} s, third "
-                      f"{sweep_row['third_run_s']} s; compiles of the chunk per run "
-                      f"{sweep_row['chunk_compiles_per_run']} (all XLA compiles per run "
-                      f"{sweep_row['xla_compiles_per_run']}); compiled_chunk cache "
-                      f"{sweep_row['compiled_chunk_cache']}, jit cache size "
-                      f"{sweep_row['chunk_jit_cache_size']}."]
+                      f"{sweep_row['third_run_s']} s. XLA compiles of the chunk per run "
+                      f"{sweep_row['chunk_compiles_per_run']}, one per distinct chunk length "
+                      f"(chunks {sweep_row['chunk_lengths']}); all XLA compiles per run "
+                      f"{sweep_row['xla_compiles_per_run']}; runner.compiled_chunk cache "
+                      f"{sweep_row['compiled_chunk_cache']}; jit traces per chunk length "
+                      f"{sweep_row['chunk_traces_per_length']}."]
     if mem:
         lines += ["", "| memory mode (exact NPG, fresh process each) | seeds x steps | RSS before run MB | "
-                      "peak RSS MB | peak - before MB | results kept MB | run s |",
-                  "|---|---|---|---|---|---|---|"]
+                      "peak RSS, 1st run (compiles) MB | peak RSS, 2nd run MB | 2nd run peak - its "
+                      "start MB | results kept MB |", "|---|---|---|---|---|---|---|"]
         for m in mem:
+            second = m.get("peak_second_run_mb", float("nan"))
+            grow = second - m.get("rss_before_second_run_mb", float("nan"))
             lines.append(f"| {m['mode']} | {m['seeds']:,} x {m['steps']:,} | {m['rss_before_run_mb']:.0f} | "
-                         f"{m['peak_rss_mb']:.0f} | {m['peak_rss_mb'] - m['rss_before_run_mb']:.0f} | "
-                         f"{m['results_mb']:.1f} | {m['seconds']:.1f} |")
+                         f"{m['peak_rss_mb']:.0f} | {second:.0f} | {grow:.0f} | {m['results_mb']:.1f} |")
     if limit:
         base = limit[0]["seconds"]
         by_key = {v["key"]: v for v in limit}
@@ -976,7 +1105,7 @@ def main(argv=None):
         print("checks", flush=True)
         report["checks"] = checks()
     print("workloads", flush=True)
-    rows = workloads(size, args)
+    rows = workloads(size)
     print("sweep", flush=True)
     sweep_row = sweep(size)
     limit, limit_summary = speed_limit(size)
