@@ -549,23 +549,3 @@ def test_sampled_npg_averages_to_q_without_baseline_and_to_a_with_the_value_base
     closed = -np.sum(np.asarray(ev.occ) * ref_cov(pi, log_pi, adv))
     np.testing.assert_allclose(out["none"][2], closed, rtol=1e-10)
     np.testing.assert_allclose(out["mean"][2], (1 - 1 / BATCH) * closed, rtol=1e-10)
-
-
-# ----------------------------------------------------------------------------- random bits
-
-THREEFRY_VECTORS = [  # Random123's known answers for threefry2x32 with 20 rounds (key, counter, out)
-    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
-    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
-    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
-]
-
-
-@pytest.mark.parametrize("key, counter, expected", THREEFRY_VECTORS)
-def test_threefry_on_cpu_is_unrolled_and_exact(key, counter, expected):
-    """entropy_sim registers JAX's unrolled threefry lowering on CPU (_xla.py): the compiled hash
-    has no loop left and still gives the reference outputs."""
-    from jax.extend.random import threefry_2x32
-    hash_ = jax.jit(threefry_2x32)
-    key, counter = jnp.asarray(key, jnp.uint32), jnp.asarray(counter, jnp.uint32)
-    assert [int(x) for x in hash_(key, counter)] == list(expected)
-    assert "while" not in hash_.lower(key, counter).compile().as_text()
