@@ -184,6 +184,27 @@ def test_mdp_occupancy_is_a_distribution_equal_to_the_discounted_power_series(md
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize("states, gamma", [(2, 0.5), (7, 0.9), (40, 0.999)])
+def test_the_mdp_solver_matches_numpy_on_both_systems_and_calls_no_lapack(states, gamma):
+    """``solve_dominant`` (Gauss-Jordan without pivoting) against ``numpy.linalg.solve`` with
+    pivoting, on ``I - gamma P`` and its transpose, to a relative error of the conditioning's order
+    ``1e-16 / (1 - gamma)``; and the compiled MDP evaluation holds no LAPACK custom call (those can
+    deadlock inside the runner's loops on jaxlib 0.10)."""
+    from entropy_sim.envs.mdp import solve_dominant
+    rng = np.random.default_rng(states)
+    m = np.eye(states) - gamma * rng.dirichlet(np.full(states, 0.3), size=states)
+    b = rng.standard_normal((2, states))
+    x = np.asarray(solve_dominant(jnp.stack([m, m.T]), jnp.asarray(b)))
+    tol = 1e-13 / (1 - gamma)
+    for got, matrix, rhs in ((x[0], m, b[0]), (x[1], m.T, b[1])):
+        want = np.linalg.solve(matrix, rhs)
+        assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
+    env = envs.garnet(jax.random.PRNGKey(0), 6, 3, 2, 0.9)
+    hlo = EVAL.lower(env, jnp.zeros((6, 3)), jnp.asarray(0.0)).compile().as_text()
+    calls = [line for line in hlo.splitlines() if "custom-call" in line]
+    assert not calls, calls[0][:400]
+
+
 @pytest.mark.parametrize("tau", [0.0, 0.25])
 def test_mdp_return_is_mu_dot_v_and_the_unregularised_return_removes_the_entropy_bonus(mdps, tau):
     for env, theta in mdps:

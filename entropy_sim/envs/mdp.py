@@ -51,14 +51,15 @@ class TabularMDP:
     def evaluate(self, theta: Array, tau: Array = 0.0) -> Evaluation:
         """Exact (soft) values and occupancy of ``softmax(theta)``, ``theta: [S, A]``.
 
-        One LU factorisation of ``I - gamma P_pi`` serves both solves.
+        Both linear systems, ``(I - gamma P_pi) V = r_pi`` and its transpose for the occupancy,
+        are solved together by ``solve_dominant``.
         """
         pi, log_pi, ent = policy(theta)
         p_pi = jnp.einsum("sa,sat->st", pi, self.P)
         r_pi = jnp.sum(pi * self.r, axis=-1) + tau * ent
-        lu = jax.scipy.linalg.lu_factor(jnp.eye(self.num_states, dtype=p_pi.dtype) - self.gamma * p_pi)
-        v = jax.scipy.linalg.lu_solve(lu, r_pi)
-        occ = (1.0 - self.gamma) * jax.scipy.linalg.lu_solve(lu, self.mu, trans=1)
+        m = jnp.eye(self.num_states, dtype=p_pi.dtype) - self.gamma * p_pi
+        v, occ = solve_dominant(jnp.stack([m, m.T]), jnp.stack([r_pi, self.mu]))
+        occ = (1.0 - self.gamma) * occ
         q = self.r + self.gamma * jnp.einsum("sat,t->sa", self.P, v)
         adv = q - tau * log_pi - v[:, None]  # A_tau; v is V_tau from the solve
         ret_reg = jnp.sum(self.mu * v)
@@ -133,6 +134,31 @@ def load_npz(path) -> TabularMDP:
     gamma = data["gamma"]
     return mdp(data["P"], data["r"], float(gamma) if np.ndim(gamma) == 0 else gamma,
                data["mu"] if "mu" in data else None)
+
+
+def solve_dominant(m: Array, b: Array) -> Array:
+    """Solve ``m[i] x[i] = b[i]`` by Gauss-Jordan elimination without pivoting. ``[K, S, S], [K, S]
+    -> [K, S]``.
+
+    For matrices diagonally dominant by rows or by columns, as ``I - gamma P_pi`` (the
+    off-diagonal entries of a row sum to at most ``gamma``) and its transpose, elimination without
+    pivoting is backward stable (Wilkinson: growth factor at most 2). Written with XLA's own
+    operations rather than LAPACK: jaxlib 0.10's batched LAPACK kernels on CPU can deadlock when
+    called inside this package's nested loops (the run then waits forever at 0% CPU). One loop of
+    ``S`` rank-1 updates vectorises over the seeds; an LU factorisation has half the arithmetic
+    but needs three loops (factor, two triangular solves) and is slower here.
+    """
+    size = m.shape[-1]
+    aug = jnp.concatenate([m, b[..., None]], axis=-1)  # [K, S, S + 1]
+    rows = jnp.arange(size)
+
+    def eliminate(k, aug):
+        pivot = aug[:, k, :] / aug[:, k, k][:, None]  # [K, S + 1]
+        factor = jnp.where(rows == k, 0.0, aug[:, :, k])  # [K, S]
+        aug = aug - factor[:, :, None] * pivot[:, None, :]
+        return jnp.where((rows == k)[None, :, None], pivot[:, None, :], aug)
+
+    return jax.lax.fori_loop(0, size, eliminate, aug)[..., -1]
 
 
 def garnet(key: Array, states: int, actions: int, branching: int, gamma: float) -> TabularMDP:
