@@ -21,14 +21,12 @@ workload kept in preallocated ``[T, N]`` arrays) run in the same process:
   diagnostics, seed blocks, the engine's step with its diagnostics cut or rewritten, host side,
   two CPU devices, summary mode).
 
-The MDP workload is timed in a subprocess with a time limit: jaxlib 0.10.2's batched LAPACK solves
-can deadlock on a 2-core machine (see ``time_engine_guarded``).
-
 ``--quick`` shrinks every size 10-50x (two to three minutes on this 2-core machine under load); ``--check``
 first checks every NumPy reference against the engine on small cases (exact rules row by row; the
 sampled ones both row by row when fed the engine's own uniforms and in distribution with NumPy's
 generator); ``--long`` adds 100,000 seeds x 10,000 steps of the first workload in summary mode
-(wall time and peak RSS, in a subprocess). NumPy is timed on fewer steps where it is slow; rates
+(wall time and peak RSS, in a subprocess; statistics of every ``--long-log-every``-th step, default
+10). NumPy is timed on fewer steps where it is slow; rates
 are per seed-step either way. Not part of the unit tests.
 """
 
@@ -550,23 +548,6 @@ def time_engine(cfg, repeats):
     return max(first - steady, 0.0), steady
 
 
-def time_engine_guarded(cfg, repeats, timeout):
-    """``time_engine`` in a fresh process that is killed after ``timeout`` s. The MDP workload
-    needs it: with jaxlib 0.10.2 on 2 cores, its batched LU solves (LAPACK trsm through
-    ``jax::ParallelBatchMap``) can deadlock, both intra-op pool threads waiting for tasks queued
-    behind themselves (seen at 1,000 seeds = 4 blocks of 256, not at 1 or 2 blocks). On a hang it
-    is timed again with one block of all seeds (``seed_block = seeds``), and says so."""
-    out = in_subprocess({"mode": "time", "cfg": cfg, "repeats": repeats}, timeout=timeout)
-    if out is not None:
-        return out["compile_s"], out["steady_s"], None
-    one_block = {**cfg, "seed_block": cfg["seeds"]}
-    out = in_subprocess({"mode": "time", "cfg": one_block, "repeats": repeats}, timeout=timeout)
-    note = f"default layout hung (killed after {timeout} s): jaxlib LAPACK deadlock; "
-    if out is None:
-        return float("nan"), float("nan"), note + "seed_block = seeds hung too"
-    return out["compile_s"], out["steady_s"], note + "timed with seed_block = seeds"
-
-
 def time_numpy(name, exp, steps, repeats=1, ax=SEEDS_LAST):
     """Best of ``repeats`` runs of the NumPy reference (nothing to compile: the first counts)."""
     return min(best_of(lambda: run_numpy(name, exp, steps, ax), repeats - 1))
@@ -591,11 +572,7 @@ def workloads(size):
         seeds, steps, np_steps, repeats = size[name]
         cfg = config(name, seeds, steps)
         print(f"  {label}: engine ...", flush=True)
-        note = None
-        if name == "mdp":
-            compile_s, steady, note = time_engine_guarded(cfg, repeats, 300 if seeds * steps > 1e5 else 120)
-        else:
-            compile_s, steady = time_engine(cfg, repeats)
+        compile_s, steady = time_engine(cfg, repeats)
         exp = es.build(es.Config(config(name, seeds, np_steps)))
         print(f"  {label}: numpy ...", flush=True)
         np_s = time_numpy(name, exp, np_steps, repeats=2 if np_steps * seeds <= 2e6 else 1)
@@ -604,7 +581,7 @@ def workloads(size):
                      "compile_s": round(compile_s, 2), "engine_s": round(steady, 3),
                      "engine_seed_steps_per_s": round(engine_rate), "numpy_steps": np_steps,
                      "numpy_s": round(np_s, 3), "numpy_seed_steps_per_s": round(numpy_rate),
-                     "ratio": round(engine_rate / numpy_rate, 2), "note": note})
+                     "ratio": round(engine_rate / numpy_rate, 2)})
         if name == "npg":  # the same NumPy maths in the engine's own layout, actions minor
             first_steps = max(np_steps // 5, 1)
             s = time_numpy(name, es.build(es.Config(config(name, seeds, first_steps))), first_steps,
@@ -896,6 +873,8 @@ def child(payload_json: str):
     del res
     gc.collect()
     try:  # reset the peak (Linux >= 4.0), then run again: the run's own peak, compiled already
+        if payload.get("once"):
+            raise OSError("one run only")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
@@ -935,11 +914,12 @@ def memory(size):
             for (label, _), out in zip(MEMORY_MODES, outs)]
 
 
-def long_run(size):
+def long_run(size, log_every):
     seeds, steps = size["long"]
-    print(f"  long: {seeds} seeds x {steps} steps, summary mode ...", flush=True)
-    out = in_subprocess({"mode": "memory", "cfg": config("npg", seeds, steps, output="summary")})
-    return {"seeds": seeds, "steps": steps, "output": "summary", **out,
+    print(f"  long: {seeds} seeds x {steps} steps, summary mode, log_every = {log_every} ...", flush=True)
+    out = in_subprocess({"mode": "memory", "once": True,
+                         "cfg": config("npg", seeds, steps, output="summary", log_every=log_every)})
+    return {"seeds": seeds, "steps": steps, "output": "summary", "log_every": log_every, **out,
             "seed_steps_per_s": round(seeds * steps / out["seconds"])}
 
 
@@ -1043,9 +1023,6 @@ def markdown(rows, sweep_row, mem, limit, limit_summary, long_row):
             lines.append(f"| same, NumPy in the seeds-first layout [N, A] | | | | "
                          f"{fmt_rate(r['numpy_seeds_first_seed_steps_per_s'])} | "
                          f"{r['ratio_seeds_first']:.2f} |")
-    for r in rows:
-        if r.get("note"):
-            lines += ["", f"{r['workload']}: {r['note']}."]
     if sweep_row:
         lines += ["", f"Sweep: first run {sweep_row['first_run_s']} s, second run with new eta and "
                       f"tau values {sweep_row['second_run_new_values_s']} s, third "
@@ -1079,7 +1056,7 @@ def markdown(rows, sweep_row, mem, limit, limit_summary, long_row):
                       f"(x steps: {s['projected_s_for_all_steps']} s)."]
     if long_row:
         lines += ["", f"Long run: {long_row['seeds']:,} seeds x {long_row['steps']:,} steps of exact "
-                      f"NPG, summary mode: {long_row['seconds']:.0f} s "
+                      f"NPG, summary mode, log_every = {long_row['log_every']}: {long_row['seconds']:.0f} s "
                       f"({fmt_rate(long_row['seed_steps_per_s'])} seed-steps/s), peak RSS "
                       f"{long_row['peak_rss_mb']:.0f} MB."]
     return "\n".join(lines)
@@ -1090,6 +1067,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="every size 10-50x smaller")
     parser.add_argument("--long", action="store_true",
                         help="add 100,000 seeds x 10,000 steps of exact NPG in summary mode")
+    parser.add_argument("--long-log-every", type=int, default=10,
+                        help="log_every of the --long run (default 10: statistics of every 10th step)")
     parser.add_argument("--check", action="store_true", help="check the NumPy references first")
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
@@ -1111,7 +1090,7 @@ def main(argv=None):
     limit, limit_summary = speed_limit(size)
     print("memory", flush=True)
     mem = memory(size)
-    long_row = long_run(size) if args.long else None
+    long_row = long_run(size, args.long_log_every) if args.long else None
     report.update({"workloads": rows, "sweep": sweep_row, "speed_limit": limit,
                    "summary_statistics": limit_summary, "memory": mem, "long": long_row,
                    "load_after": os.getloadavg(), "total_s": round(time.perf_counter() - start, 1)})

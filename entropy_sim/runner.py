@@ -140,12 +140,12 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
 
 def plan_chunks(steps: int, log_every: int, chunk_steps: int, bytes_per_step: int) -> list[tuple[int, int]]:
     """``[(first step, length)]`` covering ``steps``; lengths are multiples of ``log_every``.
-    Automatic size (``chunk_steps = 0``): at most ``CHUNK_BYTES`` of metrics per chunk and at most
-    ~50 chunks' worth of progress granularity; equal chunks but for the last."""
+    Automatic size (``chunk_steps = 0``): at most ``CHUNK_BYTES`` of metrics per chunk (one step if
+    a single step needs more), and at least 50 steps when the budget allows (``steps`` if fewer);
+    equal chunks but for the last."""
     if chunk_steps <= 0:
-        chunk_steps = max(1, CHUNK_BYTES // max(bytes_per_step, 1))
-        chunk_steps = max(chunk_steps, -(-steps // 50)) if steps > 50 else steps
-        chunk_steps = min(chunk_steps, steps)
+        budget = max(1, CHUNK_BYTES // max(bytes_per_step, 1))
+        chunk_steps = min(budget, max(-(-steps // 50), 50), steps)
         count = -(-steps // chunk_steps)
         chunk_steps = -(-steps // count)
     chunk_steps = max(log_every, chunk_steps // log_every * log_every)
@@ -168,8 +168,8 @@ def make_plan(exp: Experiment) -> Plan:
     g = exp.num_grid if cfg["grid_batch"] <= 0 else min(cfg["grid_batch"], exp.num_grid)
     batches = [(g0, min(g, exp.num_grid - g0)) for g0 in range(0, exp.num_grid, g)]
     layout = sharding.layout(exp.num_seeds, cfg["devices"], cfg["seed_block"])
-    # Per-seed metrics of a chunk are held on the device in either mode.
-    per_step = 4 * 24 * g * exp.num_seeds // cfg["log_every"]
+    # Per-seed metrics of a chunk (padded grid and seeds) are held on the device in either mode.
+    per_step = 4 * 24 * max(g, 2) * layout.padded // cfg["log_every"]
     chunks = plan_chunks(cfg["steps"], cfg["log_every"], cfg["chunk_steps"], per_step)
     # Arrays hold at least 2 grid points: XLA compiles a loop over a size-1 axis differently (its
     # dynamic index becomes static), which can change the rounding. Padding is never computed.

@@ -113,6 +113,20 @@ def test_plan_chunks_covers_every_step_in_multiples_of_log_every():
         assert [t0 for t0, _ in plan] == list(np.cumsum([0] + [n for _, n in plan])[:-1])
 
 
+def test_automatic_chunks_keep_the_metrics_of_a_chunk_within_the_memory_budget():
+    """Memory first: a chunk's per-seed metrics fit ``CHUNK_BYTES`` whatever the step count (a
+    million seeds x 16 grid points is 1.5 GB per step: chunks of one step); small runs get
+    chunks of at least 50 steps."""
+    budget = runner.CHUNK_BYTES
+    for steps, per_step in [(10_000, 19_200_000), (1_000, 1_536 * 2 ** 20), (10_000, 100), (30, 10 ** 6)]:
+        plan = runner.plan_chunks(steps, 1, 0, bytes_per_step=per_step)
+        assert sum(n for _, n in plan) == steps
+        longest = max(n for _, n in plan)
+        assert longest * per_step <= max(budget, per_step)
+        if per_step * 50 <= budget:
+            assert longest >= min(50, steps)
+
+
 def test_covariance_prediction_tracks_realized_change_with_correlation_above_0999_at_small_eta():
     cfg = small_config(seeds=300, steps=100, env={"kind": "bandit", "arms": 10},
                        algo={"name": "npg", "eta": 0.05})
