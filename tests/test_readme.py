@@ -77,3 +77,21 @@ def test_readme_config_block_is_a_valid_config():
 def test_readme_image_exists_and_is_small():
     for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
         assert (ROOT / path).exists() and os.path.getsize(ROOT / path) < 400_000
+
+
+def test_readme_benchmark_commands_exist_and_the_sampling_one_runs(tmp_path):
+    """The Performance section's commands: every flag is one the script accepts (the full runs take
+    minutes and are not unit tests), and the sampling benchmark runs end to end at a tiny size."""
+    lines = [b for b in blocks("text") if "benchmarks/" in b][0].strip().splitlines()
+    for line in lines:
+        argv = shlex.split(line.split("#")[0])
+        script = ROOT / argv[1]
+        proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        for flag in (a for a in argv[2:] if a.startswith("--")):
+            assert flag in proc.stdout, f"{line}: {flag} is not an option of {argv[1]}"
+    out = tmp_path / "sampling.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sampling.py"), "--seeds", "64",
+                           "--steps", "4", "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists()
