@@ -3,7 +3,7 @@
 jaxlib 0.10 hands reductions to its experimental YNN library fusions by default. For this
 package's workloads (many reductions over a short action axis, batched over thousands of seeds)
 they are an order of magnitude slower than XLA's own fused loops: an exact NPG step on 10-armed
-bandits takes 22 s per 10^7 seed-steps with them and 1.7 s without (measured in session 2). We
+bandits takes 22 s per 10^7 seed-steps with them and 1.7 s without (on this project's 2-core test machine). We
 switch them off unless the user set the flag, and only for jaxlib versions that know the flag
 (an unknown flag in XLA_FLAGS aborts the process). It has no effect if the backend already started.
 """

@@ -140,14 +140,16 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
 
 def plan_chunks(steps: int, log_every: int, chunk_steps: int, bytes_per_step: int) -> list[tuple[int, int]]:
     """``[(first step, length)]`` covering ``steps``; lengths are multiples of ``log_every``.
-    Automatic size (``chunk_steps = 0``): at most ``CHUNK_BYTES`` of metrics per chunk (one step if
-    a single step needs more), and at least 50 steps when the budget allows (``steps`` if fewer);
-    equal chunks but for the last."""
+    Automatic size (``chunk_steps = 0``): few chunks that hold at most ``CHUNK_BYTES`` of metrics
+    each (one logged step if a single one needs more), all of one length when some count up to
+    twice the fewest divides the logged steps (each distinct length is one more compile), else
+    equal but for the last."""
     if chunk_steps <= 0:
-        budget = max(1, CHUNK_BYTES // max(bytes_per_step, 1))
-        chunk_steps = min(budget, max(-(-steps // 50), 50), steps)
-        count = -(-steps // chunk_steps)
-        chunk_steps = -(-steps // count)
+        units = -(-steps // log_every)  # logged steps
+        budget = max(1, CHUNK_BYTES // max(bytes_per_step * log_every, 1))
+        count = -(-units // min(budget, units))
+        even = next((c for c in range(count, 2 * count + 1) if units % c == 0), None)
+        chunk_steps = log_every * (units // even if even else -(-units // count))
     chunk_steps = max(log_every, chunk_steps // log_every * log_every)
     return [(t0, min(chunk_steps, steps - t0)) for t0 in range(0, steps, chunk_steps)]
 

@@ -115,16 +115,19 @@ def test_plan_chunks_covers_every_step_in_multiples_of_log_every():
 
 def test_automatic_chunks_keep_the_metrics_of_a_chunk_within_the_memory_budget():
     """Memory first: a chunk's per-seed metrics fit ``CHUNK_BYTES`` whatever the step count (a
-    million seeds x 16 grid points is 1.5 GB per step: chunks of one step); small runs get
-    chunks of at least 50 steps."""
+    million seeds x 16 grid points is 1.5 GB per step: chunks of one step); within the budget, as
+    few chunks as possible."""
     budget = runner.CHUNK_BYTES
     for steps, per_step in [(10_000, 19_200_000), (1_000, 1_536 * 2 ** 20), (10_000, 100), (30, 10 ** 6)]:
         plan = runner.plan_chunks(steps, 1, 0, bytes_per_step=per_step)
         assert sum(n for _, n in plan) == steps
         longest = max(n for _, n in plan)
         assert longest * per_step <= max(budget, per_step)
-        if per_step * 50 <= budget:
-            assert longest >= min(50, steps)
+        if len(plan) > 1:  # at most twice the fewest chunks the budget allows
+            assert -(-steps // (len(plan) // 2)) * per_step > budget
+    # Chunks of one length (one compile) when a count near the fewest divides the steps.
+    assert {n for _, n in runner.plan_chunks(500, 1, 0, bytes_per_step=budget // 170)} == {125}
+    assert {n for _, n in runner.plan_chunks(1000, 10, 0, bytes_per_step=budget // 3000)} == {1000}
 
 
 def test_covariance_prediction_tracks_realized_change_with_correlation_above_0999_at_small_eta():

@@ -118,7 +118,7 @@ cfg = json.loads(sys.argv[1])
 out = {}
 for output in ["full", "summary"]:
     runs = [es.run({**cfg, "output": output, "devices": d, "grid_batch": g}, progress=False)
-            for d, g in [(1, 0), (2, 1), (4, 2)]]
+            for d, g in [(1, 0), (4, 1)]]
     ref = runs[0]
     same = []
     for r in runs[1:]:
@@ -133,8 +133,9 @@ print(json.dumps(out))
 """
 
 
-def test_one_two_and_four_devices_give_bitwise_identical_results():
-    """A sampled rule on per-seed random MDPs (environments split over devices too)."""
+def test_one_and_four_devices_give_bitwise_identical_results():
+    """A sampled rule on per-seed random MDPs (environments split over devices too); the 4-device
+    run also batches the grid one point at a time."""
     cfg = GARNET
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "PYTHONPATH": str(ROOT)}
@@ -142,7 +143,7 @@ def test_one_two_and_four_devices_give_bitwise_identical_results():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"full": [True, True], "summary": [True, True]}, result
+    assert result == {"full": [True], "summary": [True]}, result
 
 
 def test_more_devices_than_available_is_a_config_error():
