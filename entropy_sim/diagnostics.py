@@ -32,7 +32,8 @@ def step_metrics(ev: Evaluation, ev_next: Evaluation, dz: Array) -> dict[str, Ar
     occ = ev.occ
     # Per-state H_{k+1}(s) - H_k(s) from the logit change: the same number as the difference of
     # the two entropies, without its float32 cancellation (softmax.entropy_change).
-    within = jnp.sum(occ * softmax.entropy_change(ev.pi, ev.log_pi, dz))
+    d_ent, kl = softmax.changes(ev.pi, ev.log_pi, dz, ev_next.log_pi)
+    within = jnp.sum(occ * d_ent)
     shift = jnp.sum((ev_next.occ - occ) * ev_next.ent)
     return {
         "entropy": jnp.sum(occ * ev.ent),
@@ -43,7 +44,7 @@ def step_metrics(ev: Evaluation, ev_next: Evaluation, dz: Array) -> dict[str, Ar
         "return": ev.ret,
         "renyi2": jnp.sum(occ * softmax.renyi2(ev.pi)),
         "grad_sq_norm": jnp.sum(occ * softmax.grad_sq_norm(ev.pi)),
-        "kl": jnp.sum(occ * softmax.kl_change(ev.pi, dz)),
+        "kl": jnp.sum(occ * kl),
         "kl_quad": 0.5 * jnp.sum(occ * softmax.var(ev.pi, dz)),
         "kl_bound": jnp.sum(occ * softmax.kl_bound(ev.pi, ev.ent, dz)),
         "dz_max": jnp.max(jnp.abs(dz)),

@@ -99,25 +99,30 @@ def entropy_change(pi: Array, log_pi: Array, dz: Array) -> Array:
     ``-E_pi[(log pi + u) w] + log1p(m)`` (see ``_tilt``). Subtracting two entropies instead loses
     ``eps * H / |dH|`` relative accuracy, which in float32 swamps the second-order term; it is used
     only for changes ``|u| > 30``, where the tilt would overflow. ``[..., A] -> [...]``."""
-    large = _large(pi, dz)
-    u, w, m = _tilt(pi, jnp.where(large[..., None], 0.0, dz))
-    tilted = -mean(pi, (log_pi + u) * w) + jnp.log1p(m)
-    log_next = jax.nn.log_softmax(log_pi + dz, axis=-1)
-    direct = mean(pi, log_pi) - mean(jnp.exp(log_next), log_next)
-    return jnp.where(large, direct, tilted)
+    return changes(pi, log_pi, dz)[0]
 
 
 def kl_change(pi: Array, dz: Array) -> Array:
     """Exact ``KL(pi' || pi)`` for ``pi' ∝ pi exp(dz)``, stable for small ``dz``:
     ``E_pi[u w] - log1p(m)`` (see ``_tilt``); the plain sum for changes ``|u| > 30``.
     ``[..., A] -> [...]``."""
+    return changes(pi, jnp.log(jnp.maximum(pi, jnp.finfo(pi.dtype).tiny)), dz)[1]
+
+
+def changes(pi: Array, log_pi: Array, dz: Array, log_next: Array | None = None) -> tuple[Array, Array]:
+    """``(H(pi') - H(pi), KL(pi' || pi))`` for ``pi' ∝ pi exp(dz)`` as in ``entropy_change`` and
+    ``kl_change``, sharing their work. ``log_next``: ``log pi'`` if the caller has it (it is
+    only read where the change is large). ``[..., A] -> [...], [...]``."""
     large = _large(pi, dz)
     u, w, m = _tilt(pi, jnp.where(large[..., None], 0.0, dz))
-    tilted = mean(pi, u * w) - jnp.log1p(m)
-    log_pi = jnp.log(jnp.maximum(pi, jnp.finfo(pi.dtype).tiny))
-    log_next = jax.nn.log_softmax(log_pi + dz, axis=-1)
-    direct = mean(jnp.exp(log_next), log_next - log_pi)
-    return jnp.where(large, direct, tilted)
+    log1p_m = jnp.log1p(m)
+    if log_next is None:
+        log_next = jax.nn.log_softmax(log_pi + dz, axis=-1)
+    pi_next = jnp.exp(log_next)
+    d_ent = jnp.where(large, mean(pi, log_pi) - mean(pi_next, log_next),
+                      log1p_m - mean(pi, (log_pi + u) * w))
+    kl = jnp.where(large, mean(pi_next, log_next - log_pi), mean(pi, u * w) - log1p_m)
+    return d_ent, kl
 
 
 def _large(pi: Array, dz: Array) -> Array:

@@ -261,8 +261,11 @@ def test_kl_bound_is_attained_to_second_order_by_a_two_action_uniform_policy_and
 def _tilted(theta, dz):
     pi, log_pi, ent = ref_policy(theta)
     _, log_next, ent_next = ref_policy(theta + dz)
+    # As the diagnostics call it: log pi' from the next evaluation, not recomputed.
+    dH_given, kl_given = softmax.changes(pi, log_pi, dz, log_next)
     return dict(dH=softmax.entropy_change(pi, log_pi, dz), dH_direct=ent_next - ent,
-                kl=softmax.kl_change(pi, dz), kl_direct=ref_kl(log_next, log_pi))
+                kl=softmax.kl_change(pi, dz), kl_direct=ref_kl(log_next, log_pi),
+                dH_given=dH_given, kl_given=kl_given)
 
 
 def test_entropy_change_and_kl_from_the_logit_change_equal_differences_of_exact_entropies():
@@ -273,6 +276,8 @@ def test_entropy_change_and_kl_from_the_logit_change_equal_differences_of_exact_
         # mpmath on the worst instances: there the package's values are the accurate ones).
         close(out["dH"], out["dH_direct"], rtol=1e-8, atol=1e-14, msg=f"eta={eta}")
         close(out["kl"], out["kl_direct"], rtol=1e-8, atol=1e-14, msg=f"eta={eta}")
+        close(out["dH_given"], out["dH"], rtol=0, atol=0, msg=f"eta={eta}")  # no large rows here
+        close(out["kl_given"], out["kl"], rtol=1e-8, atol=1e-14, msg=f"eta={eta}")
         assert np.all(np.asarray(out["kl"]) >= 0.0)
 
 
@@ -305,8 +310,9 @@ def test_entropy_change_and_kl_stay_finite_and_exact_for_huge_logit_changes(dtyp
     got = _tilted(theta, dz)
     ref = _tilted(theta.astype(jnp.float64), dz.astype(jnp.float64))
     for k in ["dH", "kl"]:
-        assert np.all(np.isfinite(np.asarray(got[k]))), k
-        close(got[k], ref[f"{k}_direct"], rtol=1e-5, atol=1e-5, msg=k)
+        for given in ["", "_given"]:
+            assert np.all(np.isfinite(np.asarray(got[k + given]))), k + given
+            close(got[k + given], ref[f"{k}_direct"], rtol=1e-5, atol=1e-5, msg=k + given)
     # Uniform shifts are no change at all, however large (up to the rounding of dz itself).
     same = _tilted(theta, jnp.full_like(theta, 1e4))
     tol = 10 * 1e4 * float(jnp.finfo(dtype).eps)
