@@ -42,14 +42,19 @@ class Layout(NamedTuple):
 
 
 def layout(num_seeds: int, devices: int, block: int = 0) -> Layout:
-    """The layout for ``devices`` devices (0 = all of ``jax.devices()``) and seed blocks of
-    ``block`` seeds (0 = ``min(num_seeds, 256)``, which does not depend on the devices)."""
+    """The layout for ``devices`` devices and seed blocks of ``block`` seeds (0 = ``min(num_seeds,
+    256)``, which does not depend on the devices). ``devices = 0``: all of ``jax.devices()``, but
+    in one process no more than it takes to give each device as few blocks as all of them would
+    (the same time, less padding; a single block runs on one device)."""
     available = jax.devices()
+    block = block or min(num_seeds, DEFAULT_BLOCK)
     count = len(available) if devices == 0 else devices
     if count > len(available):
         raise ConfigError("devices", f"{count} requested but only {len(available)} available "
                                      f"({available[0].platform}); use 0 for all of them")
-    block = block or min(num_seeds, DEFAULT_BLOCK)
+    if devices == 0 and jax.process_count() == 1:
+        blocks = -(-num_seeds // block)
+        count = -(-blocks // -(-blocks // count))
     padded = -(-num_seeds // (block * count)) * block * count
     return Layout(Mesh(np.array(available[:count]), ("seeds",)), num_seeds, padded, block)
 
