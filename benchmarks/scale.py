@@ -696,8 +696,8 @@ def engine_device(exp, repeats):
     env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
     assert len(plan.grid_batches) == 1
     count = plan.grid_batches[0][1]
-    hp = sharding.replicate({k: runner._padded(v[:count], plan.grid_size)
-                             for k, v in exp.hparams.items()}, plan.layout)
+    hp = sharding.place_grid({k: runner._padded(v[:count], plan.grid_size)
+                              for k, v in exp.hparams.items()}, plan.layout)
     trips = sharding.replicate(sharding.trips(plan.layout, count), plan.layout)
     init = runner.compiled_init("sgd", exp.env_per_seed, plan.layout)
     best = None

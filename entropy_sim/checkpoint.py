@@ -52,7 +52,8 @@ class Checkpoint:
         return {u: _unflatten(np.load(self._unit(*u))) for u in self.done}
 
     def save(self, batch: int, chunk: int, state, out: dict) -> None:
-        """Record unit ``(batch, chunk)``: its output, the state after it, then the manifest."""
+        """Record unit ``(batch, chunk)``: its output, the state after it (host arrays of the real
+        grid points and seeds, so any device layout can resume it), then the manifest."""
         _atomic_savez(self._unit(batch, chunk), _flatten(out))
         leaves = jax.tree.leaves(to_host(state))
         _atomic_savez(self._state(batch, chunk), {f"{i}": x for i, x in enumerate(leaves)})
@@ -65,7 +66,8 @@ class Checkpoint:
             self._state(batch, chunk - 1).unlink(missing_ok=True)
 
     def load_state(self, batch: int, template):
-        """The state after the last completed unit of ``batch``, shaped like ``template``."""
+        """The state after the last completed unit of ``batch`` (as saved: real grid points and
+        seeds), with the tree structure of ``template``."""
         chunk = max(c for b, c in self.done if b == batch)
         data = np.load(self._state(batch, chunk))
         leaves, treedef = jax.tree.flatten(template)

@@ -159,23 +159,27 @@ class Plan(NamedTuple):
     padded to the same size) times chunks of steps, and the device layout of the seeds."""
 
     grid_batches: list[tuple[int, int]]
-    grid_size: int            # grid points per compiled call, at least 2 (padding)
     grid_rows: int            # real grid points in a full batch
     chunks: list[tuple[int, int]]
     layout: sharding.Layout
+
+    @property
+    def grid_size(self) -> int:
+        """Grid points per compiled call, padded (``sharding.Layout.grid_size``)."""
+        return self.layout.grid_size
 
 
 def make_plan(exp: Experiment) -> Plan:
     cfg = exp.config
     g = exp.num_grid if cfg["grid_batch"] <= 0 else min(cfg["grid_batch"], exp.num_grid)
     batches = [(g0, min(g, exp.num_grid - g0)) for g0 in range(0, exp.num_grid, g)]
-    layout = sharding.layout(exp.num_seeds, cfg["devices"], cfg["seed_block"])
-    # Per-seed metrics of a chunk (padded grid and seeds) are held on the device in either mode.
-    per_step = 4 * 24 * max(g, 2) * layout.padded // cfg["log_every"]
+    # Arrays hold at least 2 grid points per device: XLA compiles a loop over a size-1 axis
+    # differently (its dynamic index becomes static), which can change the rounding.
+    layout = sharding.layout(exp.num_seeds, g, cfg["devices"], cfg["seed_block"])
+    # Per-seed metrics of a chunk (padded grid and seeds) are held on the devices in either mode.
+    per_step = 4 * 24 * layout.grid_size * layout.padded // cfg["log_every"]
     chunks = plan_chunks(cfg["steps"], cfg["log_every"], cfg["chunk_steps"], per_step)
-    # Arrays hold at least 2 grid points: XLA compiles a loop over a size-1 axis differently (its
-    # dynamic index becomes static), which can change the rounding. Padding is never computed.
-    return Plan(batches, max(g, 2), g, chunks, layout)
+    return Plan(batches, g, chunks, layout)
 
 
 def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Output:
@@ -200,13 +204,13 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
     final_theta = []
     for b, (g0, count) in enumerate(plan.grid_batches):
         hp = {k: _padded(v[g0:g0 + count], plan.grid_size) for k, v in exp.hparams.items()}
-        hp = sharding.replicate(hp, plan.layout)
+        hp = sharding.place_grid(hp, plan.layout)
         trips = sharding.replicate(sharding.trips(plan.layout, count), plan.layout)
         state = compiled_init(opt_name, exp.env_per_seed, plan.layout)(theta0, env, hp, keys,
                                                                         trips)
         resumed = [c for c in range(len(plan.chunks)) if (b, c) in done]
-        if resumed:  # the state after the last completed chunk of this batch
-            state = checkpoint.load_state(b, state)
+        if resumed:  # the state after the last completed chunk of this batch (any layout)
+            state = _repad(checkpoint.load_state(b, state), plan.layout)
         state = sharding.place_state(state, plan.layout)
         for c, (t0, length) in enumerate(plan.chunks):
             if c in resumed:
@@ -220,8 +224,9 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
             if not summary_mode:
                 out = {k: v[:, :exp.num_seeds] for k, v in out.items()}
             out = collect.add(g0, count, t0, out)
-            if checkpoint is not None:
-                checkpoint.save(b, c, state, out)
+            if checkpoint is not None:  # real grid points and seeds only
+                checkpoint.save(b, c, jax.tree.map(lambda x: x[:count, :exp.num_seeds],
+                                                   sharding.to_host(state)), out)
             bar.update(length)
         final_theta.append(sharding.to_host(state.theta)[:count, :exp.num_seeds])
     bar.close()
@@ -317,6 +322,16 @@ def _leaves(tree, path=()):
             yield from _leaves(v, path + (k,))
     else:
         yield path, tree
+
+
+def _repad(state, lay: sharding.Layout):
+    """A saved state ``[g, N, ...]`` (real rows) padded for ``lay``: seeds with copies of seed 0
+    (as ``sharding.place_seeds`` pads, so they equal the computed padding), grid rows with copies
+    of the last (never computed)."""
+    def pad(x):
+        x = np.concatenate([x, np.repeat(x[:, :1], lay.padded - x.shape[1], axis=1)], axis=1)
+        return np.concatenate([x, np.repeat(x[-1:], lay.grid_size - x.shape[0], axis=0)])
+    return jax.tree.map(pad, state)
 
 
 def _padded(x, size: int):

@@ -1,16 +1,18 @@
-"""Seeds across devices, in blocks of a fixed size: a one-axis ``jax.sharding.Mesh`` named ``seeds``.
+"""Grid points and seeds across devices, seeds in blocks of a fixed size: a two-axis
+``jax.sharding.Mesh`` named ``("grid", "seeds")``.
 
-Every batched array is ``[G, N, ...]`` (grid point, seed) or ``[N, ...]``; it is split along ``N``
-over the devices, everything else is replicated. On each device the update runs one grid point and
-one block of ``block`` seeds at a time (``blockwise``): the compiled code that computes a seed's
-numbers then has the same shapes whatever the number of seeds, devices or grid points, so its
-floating-point results are bitwise the same too (XLA's code for a shape, e.g. its vector loop and
-remainder, can round differently for another shape). ``N`` is padded to a multiple of
-``block * devices`` with copies of seed 0, which compute like any seed and are dropped from every
-output (their ``real`` flag is false). The statistics over seeds (``summary.py``) use sorts and
-additions in a fixed order, so they are layout-independent as well. XLA inserts the collectives
-itself: the same code runs on one CPU, on 8 GPUs, or across hosts after
-``jax.distributed.initialize()``.
+Every batched array is ``[G, N, ...]`` (grid point, seed) or ``[N, ...]``; it is split along ``G``
+and ``N`` over the mesh, everything else is replicated. On each device the update runs one grid
+point and one block of ``block`` seeds at a time (``blockwise``): the compiled code that computes
+a seed's numbers then has the same shapes whatever the number of seeds, devices or grid points, so
+its floating-point results are bitwise the same too (XLA's code for a shape, e.g. its vector loop
+and remainder, can round differently for another shape). ``N`` is padded to a multiple of
+``block * seed devices`` with copies of seed 0, which compute like any seed and are dropped from
+every output (their ``real`` flag is false); ``G`` to at least 2 rows per grid device, which are
+never computed. The statistics over seeds (``summary.py``) use sorts and additions in a fixed
+order, so they are layout-independent as well. XLA inserts the collectives itself: the same code
+runs on one CPU, on every core of one (``_xla.py`` makes a device per core), on 8 GPUs, or across
+hosts after ``jax.distributed.initialize()``.
 """
 
 from __future__ import annotations
@@ -29,42 +31,64 @@ DEFAULT_BLOCK = 256
 
 
 class Layout(NamedTuple):
-    """The device ``mesh``, the real and the padded number of seeds, and the seed block size."""
+    """The device ``mesh`` (grid devices x seed devices), the real and padded numbers of seeds,
+    the seed block size, and the grid rows of one compiled call (padded)."""
 
     mesh: Mesh
     num_seeds: int
     padded: int
     block: int
+    grid_size: int
 
     @property
     def num_devices(self) -> int:
         return self.mesh.devices.size
 
+    @property
+    def grid_devices(self) -> int:
+        return self.mesh.devices.shape[0]
 
-def layout(num_seeds: int, devices: int, block: int = 0) -> Layout:
-    """The layout for ``devices`` devices and seed blocks of ``block`` seeds (0 = ``min(num_seeds,
-    256)``, which does not depend on the devices). ``devices = 0``: all of ``jax.devices()``, but
-    in one process no more than it takes to give each device as few blocks as all of them would
-    (the same time, less padding; a single block runs on one device)."""
+    @property
+    def seed_devices(self) -> int:
+        return self.mesh.devices.shape[1]
+
+
+def layout(num_seeds: int, num_grid: int, devices: int, block: int = 0) -> Layout:
+    """The layout of ``num_grid`` grid points (one compiled call) and ``num_seeds`` seeds in
+    blocks of ``block`` (0 = ``min(num_seeds, 256)``, which does not depend on the devices) on
+    ``devices`` devices (0 = all of ``jax.devices()``, or in one process as few of them as give
+    the least work per device)."""
     available = jax.devices()
     block = block or min(num_seeds, DEFAULT_BLOCK)
     count = len(available) if devices == 0 else devices
     if count > len(available):
         raise ConfigError("devices", f"{count} requested but only {len(available)} available "
                                      f"({available[0].platform}); use 0 for all of them")
-    if devices == 0 and jax.process_count() == 1:
-        blocks = -(-num_seeds // block)
-        count = -(-blocks // -(-blocks // count))
-    padded = -(-num_seeds // (block * count)) * block * count
-    return Layout(Mesh(np.array(available[:count]), ("seeds",)), num_seeds, padded, block)
+    exact = devices != 0 or jax.process_count() > 1  # every process must hold a part
+    grid_dev, seed_dev = mesh_shape(count, exact, num_grid, -(-num_seeds // block))
+    padded = -(-num_seeds // (block * seed_dev)) * block * seed_dev
+    grid_size = grid_dev * max(2, -(-num_grid // grid_dev))
+    mesh = Mesh(np.array(available[:grid_dev * seed_dev]).reshape(grid_dev, seed_dev),
+                ("grid", "seeds"))
+    return Layout(mesh, num_seeds, padded, block, grid_size)
+
+
+def mesh_shape(devices: int, exact: bool, num_grid: int, blocks: int) -> tuple[int, int]:
+    """``(grid devices, seed devices)`` for ``num_grid`` grid points of ``blocks`` seed blocks:
+    the least work per device (grid points x blocks), then the fewest devices (less padding),
+    then seeds split before grid points. ``exact``: use all ``devices``."""
+    shapes = [(g, s) for g in range(1, devices + 1) for s in range(1, devices // g + 1)
+              if not exact or g * s == devices]
+    return min(shapes, key=lambda gs: (-(-num_grid // gs[0]) * -(-blocks // gs[1]),
+                                       gs[0] * gs[1], gs[0]))
 
 
 def blockwise(fn, lay: Layout, env_per_seed: bool):
     """``fn(state, env, hp, t)`` batched over ``block`` seeds (state leaves ``[B, ...]``, env
     leaves ``[B, ...]`` if ``env_per_seed``, hp scalars) applied to state ``[G, N, ...]``, env
-    ``[N, ...]`` and hp ``[G]``: split over the devices along ``N``, then one grid point and one
-    block at a time on each. The result takes a fifth argument, ``trips(lay, G)``. Outputs are
-    ``[G, N, ...]``."""
+    ``[N, ...]`` and hp ``[G]``: split over the devices along ``G`` and ``N``, then one grid point
+    and one block at a time on each. The result takes a fifth argument, ``trips(lay, g)`` (``g``
+    real grid points; the rows after them are not computed). Outputs are ``[G, N, ...]``."""
     block = lay.block
 
     def local(state, env, hp, t, trips):
@@ -79,17 +103,21 @@ def blockwise(fn, lay: Layout, env_per_seed: bool):
                 return _map(lambda s, e: fn(s, e, hp_g, t), (state_g, env_blocks), blocks, trips[1])
             return _map(lambda s: fn(s, env, hp_g, t), (state_g,), blocks, trips[1])
 
-        out = _map(one_grid_point, (state, hp), num_grid, trips[0])
+        # This device's real grid points: rows [i num_grid, (i + 1) num_grid) of the global grid.
+        first = jax.lax.axis_index("grid") * num_grid
+        out = _map(one_grid_point, (state, hp), num_grid,
+                   jnp.clip(trips[0] - first, 0, num_grid))
         return jax.tree.map(lambda x: x.reshape((num_grid, blocks * block) + x.shape[3:]), out)
 
-    seeds, rows = P(None, "seeds"), P("seeds") if env_per_seed else P()
-    return jax.shard_map(local, mesh=lay.mesh, in_specs=(seeds, rows, P(), P(), P()),
-                         out_specs=seeds, check_vma=False)
+    both, rows = P("grid", "seeds"), P("seeds") if env_per_seed else P()
+    return jax.shard_map(local, mesh=lay.mesh, in_specs=(both, rows, P("grid"), P(), P()),
+                         out_specs=both, check_vma=False)
 
 
 def trips(lay: Layout, num_grid: int):
-    """The runtime loop counts ``[grid points, blocks per device]`` that ``blockwise`` needs."""
-    return jnp.array([num_grid, lay.padded // lay.num_devices // lay.block], jnp.int32)
+    """The runtime loop counts ``[real grid points, blocks per device]`` that ``blockwise``
+    needs."""
+    return jnp.array([num_grid, lay.padded // lay.seed_devices // lay.block], jnp.int32)
 
 
 def _map(fn, xs: tuple, length: int, count):
@@ -152,10 +180,15 @@ def place_seeds(exp, lay: Layout):
 
 
 def replicate(tree, lay: Layout):
-    """Hyperparameters ``[G]``: a copy on every device."""
+    """A copy on every device."""
     return _put(tree, lay, P())
 
 
+def place_grid(tree, lay: Layout):
+    """Hyperparameters ``[G]``, split along ``G``."""
+    return _put(tree, lay, P("grid"))
+
+
 def place_state(state, lay: Layout):
-    """The run state, every leaf ``[G, N, ...]``, split along ``N``."""
-    return _put(state, lay, P(None, "seeds"))
+    """The run state, every leaf ``[G, N, ...]``, split along ``G`` and ``N``."""
+    return _put(state, lay, P("grid", "seeds"))

@@ -9,11 +9,13 @@ import sys
 import textwrap
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
 
 import entropy_sim as es
+from entropy_sim import sharding
 from conftest import ROOT, small_config
 
 SAMPLED = {"seeds": 37, "steps": 12, "chunk_steps": 4,
@@ -116,9 +118,11 @@ import entropy_sim as es, jax
 assert len(jax.devices()) == 4, jax.devices()
 cfg = json.loads(sys.argv[1])
 out = {}
+from entropy_sim import runner
+plan = runner.make_plan(es.build(es.Config({**cfg, "devices": 4})))
+assert plan.layout.mesh.devices.shape == (2, 2), plan.layout.mesh  # grid and seeds both split
 for output in ["full", "summary"]:
-    runs = [es.run({**cfg, "output": output, "devices": d, "grid_batch": g}, progress=False)
-            for d, g in [(1, 0), (4, 1)]]
+    runs = [es.run({**cfg, "output": output, "devices": d}, progress=False) for d in [1, 4]]
     ref = runs[0]
     same = []
     for r in runs[1:]:
@@ -134,8 +138,8 @@ print(json.dumps(out))
 
 
 def test_one_and_four_devices_give_bitwise_identical_results():
-    """A sampled rule on per-seed random MDPs (environments split over devices too); the 4-device
-    run also batches the grid one point at a time."""
+    """A sampled rule on per-seed random MDPs (environments split over devices too); the 4
+    devices hold 2 grid points x 2 parts of the seeds."""
     cfg = GARNET
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "PYTHONPATH": str(ROOT)}
@@ -144,6 +148,29 @@ def test_one_and_four_devices_give_bitwise_identical_results():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"full": [True], "summary": [True]}, result
+
+
+def test_devices_split_grid_points_and_seed_blocks_for_the_least_work_per_device():
+    shape = sharding.mesh_shape
+    assert shape(2, False, 1, 1) == (1, 1)     # one block of one grid point: one device
+    assert shape(2, False, 8, 1) == (2, 1)     # a sweep over few seeds: grid points split
+    assert shape(2, False, 1, 40) == (1, 2)    # many seeds: seed blocks split
+    assert shape(2, False, 3, 3) == (1, 2)     # equal work (2 x 3 = 3 x 2): seeds first
+    assert shape(8, False, 1, 3) == (1, 3)     # no device without a block
+    assert shape(8, False, 2, 5) == (1, 5)     # 2 x 1 each on 5 devices (1 x 2 needs 6)
+    assert shape(4, True, 2, 1) == (2, 2)      # an explicit count uses every device
+    assert shape(4, True, 1, 1) == (1, 4)
+
+
+def test_one_cpu_device_per_core_unless_the_user_chose():
+    chosen = ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+              or "JAX_NUM_CPU_DEVICES" in os.environ)
+    if not chosen and jax.default_backend() == "cpu":
+        assert len(jax.devices()) == len(os.sched_getaffinity(0))
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "3", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", "import entropy_sim, jax; print(len(jax.devices('cpu')))"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "3", proc.stderr
 
 
 def test_more_devices_than_available_is_a_config_error():
@@ -191,7 +218,10 @@ def test_a_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_pat
     proc.wait()
     assert 3 <= done < 100
     assert not (tmp_path / "killed").exists()  # nothing that looks like a result
-    resumed = subprocess.run(cli + ["--out", str(tmp_path / "killed")], env=env,
+    # Resumed on one CPU device (the killed run split the seeds over every core): the saved
+    # state holds no device layout.
+    resumed = subprocess.run(cli + ["--out", str(tmp_path / "killed")],
+                             env={**env, "JAX_NUM_CPU_DEVICES": "1"},
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
