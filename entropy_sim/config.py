@@ -59,7 +59,7 @@ TOP_LEVEL = {
     "quantile_metrics": "metrics whose quantiles the summary mode computes (each costs a sort "
                         "over the seeds per step; the others get mean, std and n)",
     "on_nonfinite": "error (stop, naming grid point, seed and step) or mark (flag the rows, go on)",
-    "devices": "number of devices to shard seeds across (0 = all available)",
+    "devices": "number of devices to split grid points and seeds over (0 = all that help)",
     "grid_batch": "grid points per compiled call (0 = all); results do not depend on it",
     "seed_block": "seeds per compiled block (0 = min(seeds, 256)); results are bitwise identical "
                   "for any devices, grid_batch and chunk_steps at a given seed_block",
