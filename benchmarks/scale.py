@@ -19,7 +19,7 @@ workload kept in preallocated ``[T, N]`` arrays) run in the same process:
 - the speed limit of the first workload: the irreducible work (the entropy of every logged policy,
   one fused scan) next to the engine's full step, with the variants between them (layout,
   diagnostics, seed blocks, the engine's step with its diagnostics cut or rewritten, host side,
-  two CPU devices, summary mode).
+  one CPU device instead of one per core, summary mode).
 
 ``--quick`` shrinks every size 10-50x (two to three minutes on this 2-core machine under load); ``--check``
 first checks every NumPy reference against the engine on small cases (exact rules row by row; the
@@ -785,13 +785,11 @@ def speed_limit(size):
     strided = es.build(es.Config({**cfg, "log_every": 10}))
     add("log_every", "engine: run_arrays, log_every = 10 (diagnostics of 1 step in 10)",
         best_of(lambda: runner.run_arrays(strided, progress=False), repeats)[1], "run_arrays")
-    cores = os.cpu_count() or 1
-    if cores > 1:  # the engine's sharding over CPU "devices": one per core, in a fresh process
+    if len(jax.devices()) > 1:  # the same on one CPU device (a fresh process): what the cores give
         out = in_subprocess({"mode": "time", "cfg": cfg, "repeats": repeats},
-                            f"--xla_force_host_platform_device_count={cores}")
-        add("devices", f"engine: run_arrays on {out['devices']} CPU devices (XLA_FLAGS="
-                       f"--xla_force_host_platform_device_count={cores}, fresh process)",
-            out["steady_s"], "run_arrays")
+                            env_extra={"JAX_NUM_CPU_DEVICES": "1"})
+        add("one_device", f"engine: run_arrays on 1 CPU device, not {len(jax.devices())} "
+                          f"(JAX_NUM_CPU_DEVICES=1, fresh process)", out["steady_s"], "run_arrays")
     short = max(steps // 10, 10)  # summary mode is slow: timed on fewer steps
     summ = es.build(es.Config({**cfg, "steps": short, "output": "summary"}))
     add("summary", f"engine: run_arrays, output = \"summary\" (timed on {short} steps)",
@@ -886,10 +884,12 @@ def child(payload_json: str):
     print(json.dumps({k: round(v, 1) for k, v in out.items()}))
 
 
-def in_subprocess(payload: dict, xla_flags: str = "", timeout: float | None = None) -> dict | None:
+def in_subprocess(payload: dict, xla_flags: str = "", timeout: float | None = None,
+                  env_extra: dict | None = None) -> dict | None:
     """Run ``child(payload)`` in a fresh Python process; its JSON answer (None if it timed out)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+           **(env_extra or {})}
     if xla_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     try:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 import warnings
 
@@ -132,8 +133,11 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
             return state, out
         # Summary mode: statistics over the seeds of every step, computed here, so only they
         # leave the device; the per-seed values live for one chunk (its size bounds them).
-        out = jax.tree.map(lambda x: x[:grid_rows], out)
-        return state, summary.over_seeds(out, real, quantiles[0], NAN_ALLOWED, quantiles[1])
+        # Every seed of a (grid point, step) goes to one device: the steps are split instead.
+        by_step = NamedSharding(lay.mesh, P(None, None, ("grid", "seeds")))
+        out = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x[:grid_rows], by_step), out)
+        real_all = jax.lax.with_sharding_constraint(real, NamedSharding(lay.mesh, P()))
+        return state, summary.over_seeds(out, real_all, quantiles[0], NAN_ALLOWED, quantiles[1])
 
     return jax.jit(chunk, donate_argnums=0)
 
