@@ -41,14 +41,6 @@ class Layout(NamedTuple):
     grid_size: int
 
     @property
-    def num_devices(self) -> int:
-        return self.mesh.devices.size
-
-    @property
-    def grid_devices(self) -> int:
-        return self.mesh.devices.shape[0]
-
-    @property
     def seed_devices(self) -> int:
         return self.mesh.devices.shape[1]
 
