@@ -108,7 +108,7 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
     ``{name: {stat: [G, length // log_every]}}`` (``summary.over_seeds``).
     ``options``: the rule's static options as sorted ``(name, value)`` pairs; ``lay``: the
     device layout and seed block size (``sharding.py``); ``grid_rows``: the grid points of a full
-    batch (the arrays may hold one more: see ``Plan``)."""
+    batch (the arrays hold padding rows too: ``sharding.layout``)."""
     one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options)
     per_seed = _per_seed(one, env_per_seed)
     times = lambda t0: t0 + log_every * jnp.arange(length // log_every)  # noqa: E731
