@@ -21,7 +21,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from entropy_sim.sharding import to_host
 
 
 class Checkpoint:
@@ -55,7 +54,7 @@ class Checkpoint:
         """Record unit ``(batch, chunk)``: its output, the state after it (host arrays of the real
         grid points and seeds, so any device layout can resume it), then the manifest."""
         _atomic_savez(self._unit(batch, chunk), _flatten(out))
-        leaves = jax.tree.leaves(to_host(state))
+        leaves = jax.tree.leaves(state)
         _atomic_savez(self._state(batch, chunk), {f"{i}": x for i, x in enumerate(leaves)})
         self.done.append((batch, chunk))
         record = {"signature": self.signature, "done": [list(u) for u in self.done]}
