@@ -2,9 +2,10 @@
 
 A draw from a K-way categorical costs one uniform here (its position in the cumulative
 distribution), where the Gumbel-max trick of ``jax.random.categorical`` costs K uniforms and 2K
-logarithms. Random bits dominate a sampled step on a CPU, so this is the cheaper way for every
-tabular policy (``benchmarks/sampling.py`` measures the difference). In float32 an action whose
-probability is below about 2^-24 per draw is drawn with an absolute error of that order.
+logarithms. Random bits weigh heavily in a sampled step on a CPU, so this is the cheaper way for
+every tabular policy (``benchmarks/sampling.py`` measures the difference); the uniforms come from
+``prng.uniform``, JAX's generator at half the cost. In float32 an action whose probability is
+below about 2^-24 per draw is drawn with an absolute error of that order.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from entropy_sim import prng
 
 Array = jax.Array
 
@@ -45,7 +48,7 @@ def inverse_cdf(u: Array, cdf: Array) -> Array:
 
 def categorical(key: Array, probs: Array, shape: tuple[int, ...] = ()) -> Array:
     """``shape`` draws from ``probs: [K]`` by inverse CDF. int32."""
-    u = jax.random.uniform(key, shape, probs.dtype)
+    u = prng.uniform(key, shape, probs.dtype)
     return inverse_cdf(u, jnp.cumsum(probs))
 
 
@@ -58,6 +61,9 @@ def draw_prompts(key: Array, rho: Array, count: int) -> Array:
 
 def visit_table(batch: Batch, weight: Array, num_states: int, num_actions: int) -> Array:
     """``N[s, a] = sum of weight over the tokens at (s, a)``. ``weight: [M, G, L] -> [S, A]``."""
+    if num_states == 1:  # a bandit: no state index to scatter with (faster)
+        table = jnp.zeros((num_actions,), weight.dtype)
+        return table.at[batch.action.ravel()].add(weight.ravel())[None]
     table = jnp.zeros((num_states, num_actions), weight.dtype)
     return table.at[batch.state.ravel(), batch.action.ravel()].add(weight.ravel())
 

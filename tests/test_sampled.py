@@ -518,6 +518,29 @@ def test_bernoulli_rewards_of_binary_means_are_exact_in_float32():
     np.testing.assert_array_equal(np.asarray(batch.reward), np.asarray(means[batch.action[..., 0]]))
 
 
+def test_bernoulli_rewards_pay_with_probability_the_mean_of_the_action_drawn():
+    """``P(R = 1 | a) = r[a]`` per action, each a z-test with the binomial standard error, in
+    float32 and float64. Action 2 has probability exactly 0 and mean 1: its empty interval must not
+    pay for the draws of its neighbours (R counts the winning intervals holding the uniform)."""
+    means = np.array([0.3, 0.9, 1.0, 0.05, 0.0, 0.6])
+    logits = np.array([[0.4, -0.2, -np.inf, 0.9, 0.1, -0.7]])
+    for dtype in (jnp.float32, jnp.float64):
+        env = envs.ContextualBandit(r=jnp.asarray(means[None], dtype), rho=jnp.ones((1,), dtype),
+                                    noise_std=jnp.zeros((), dtype), noise="bernoulli")
+        batch = jax.jit(lambda k: env.sample(k, jnp.asarray(logits, dtype), 1, 1_000_000))(
+            jax.random.PRNGKey(21))
+        action, reward = np.asarray(batch.action).ravel(), np.asarray(batch.reward).ravel()
+        assert set(np.unique(reward)) <= {0.0, 1.0}
+        assert not np.any(action == 2)
+        for a in (0, 1, 3, 4, 5):
+            paid = reward[action == a]
+            se = np.sqrt(means[a] * (1 - means[a]) / paid.size)
+            assert abs(paid.mean() - means[a]) <= max(Z * se, FLOOR), (dtype, a, paid.mean())
+        # The same test rejects a wrong mean.
+        paid = reward[action == 0]
+        assert abs(paid.mean() - 0.31) > Z * np.sqrt(0.3 * 0.7 / paid.size)
+
+
 # --------------------------------------------------------------------------------------------
 # Stochastic NPG: importance-weighted estimates average to Q - b (THEORY.md section 5)
 # --------------------------------------------------------------------------------------------

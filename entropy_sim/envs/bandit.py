@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from entropy_sim import errors
+from entropy_sim import errors, prng
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 from entropy_sim.envs.base import Evaluation, float_dtype as _float, policy, soft_values
 
@@ -67,25 +67,27 @@ class ContextualBandit:
         position inside the action's interval ``[c_{a-1}, c_a)`` (uniform there, independent of
         the action) decides the reward: ``R = 1`` iff it falls in the first ``r[s, a]`` fraction.
         """
-        k_prompt, k_action, k_reward = jax.random.split(key, 3)
-        prompt = draw_prompts(k_prompt, self.rho, prompts)  # [M]
+        # Subkeys 0, 1, 2 for prompts, actions and Gaussian noise, each hashed only where used.
+        prompt = draw_prompts(jax.random.fold_in(key, 0), self.rho, prompts)  # [M]
         cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # [S, A]
+        r = self.r
         if self.num_states > 1:  # one row per group; a bandit's single row broadcasts
-            cdf = cdf[prompt]  # [M, A]
-        u = jax.random.uniform(k_action, (prompts, group), cdf.dtype)
+            cdf, r = cdf[prompt], r[prompt]  # [M, A]
+        u = prng.uniform(jax.random.fold_in(key, 1), (prompts, group), cdf.dtype)
         action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
-        mean = self.r[prompt[:, None], action]
+        rows = jnp.arange(cdf.shape[0])[:, None]
         if self.noise == "bernoulli":
-            # The interval of action a is [c_{a-1}, c_a) exactly as inverse_cdf compares; means of
-            # 0 and 1 are decided without arithmetic, so rounding never flips a binary reward.
-            rows = jnp.arange(cdf.shape[0])[:, None]
-            start = jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf[:, :-1]], axis=-1)[rows, action]
-            inside = u * cdf[:, -1:] < start + (cdf[rows, action] - start) * mean
-            reward = jnp.where(mean >= 1, 1.0, jnp.where(mean <= 0, 0.0, inside)).astype(mean.dtype)
-        elif self.noise == "gaussian":
-            reward = mean + self.noise_std * jax.random.normal(k_reward, mean.shape, mean.dtype)
+            # R = 1 iff u falls in the first r[s, a] fraction [c_{a-1}, t_a) of its action's
+            # interval [c_{a-1}, c_a), compared exactly as inverse_cdf compares; means of 0 and 1
+            # give t_a = -inf and +inf, so rounding never flips a binary reward. One gather.
+            start = jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf[:, :-1]], axis=-1)
+            stop = jnp.where(r >= 1, jnp.inf, jnp.where(r <= 0, -jnp.inf, start + (cdf - start) * r))
+            reward = (u * cdf[:, -1:] < stop[rows, action]).astype(cdf.dtype)
         else:
-            reward = mean
+            reward = r[rows, action]
+            if self.noise == "gaussian":
+                noise = jax.random.normal(jax.random.fold_in(key, 2), reward.shape, reward.dtype)
+                reward = reward + self.noise_std * noise
         state = jnp.broadcast_to(prompt[:, None, None], (prompts, group, 1))
         return Batch(prompt=prompt, state=state, action=action[..., None], reward=reward,
                      togo=reward[..., None], discount=jnp.ones((1,), reward.dtype))

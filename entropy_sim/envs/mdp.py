@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from entropy_sim import errors
+from entropy_sim import errors, prng
 from entropy_sim.envs.base import Evaluation, float_dtype, policy
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 
@@ -73,19 +73,19 @@ class TabularMDP:
         ``gamma^t G_t = sum_{k >= t} gamma^k r_k`` and the outcome reward is the discounted return."""
         if self.rollout_length < 1:
             raise ValueError("sampling an MDP needs rollout_length >= 1 (see default_rollout_length)")
-        k_start, k_steps = jax.random.split(key)
+        k_start, k_steps = jax.random.split(key, 2)
         start = draw_prompts(k_start, self.mu, prompts)
         cdf_pi = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # [S, A]
         cdf_next = jnp.cumsum(self.P, axis=-1)  # [S, A, S]
 
-        def step(s, k):
-            k_a, k_s = jax.random.split(k)
-            a = inverse_cdf(jax.random.uniform(k_a, s.shape, cdf_pi.dtype), cdf_pi[s])
-            s_next = inverse_cdf(jax.random.uniform(k_s, s.shape, cdf_pi.dtype), cdf_next[s, a])
+        def step(s, t):
+            u = prng.uniform(jax.random.fold_in(k_steps, t), (2,) + s.shape, cdf_pi.dtype)
+            a = inverse_cdf(u[0], cdf_pi[s])
+            s_next = inverse_cdf(u[1], cdf_next[s, a])
             return s_next, (s, a, self.r[s, a])
 
         s0 = jnp.broadcast_to(start[:, None], (prompts, group))
-        _, (state, action, reward) = jax.lax.scan(step, s0, jax.random.split(k_steps, self.rollout_length))
+        _, (state, action, reward) = jax.lax.scan(step, s0, jnp.arange(self.rollout_length))
         discount = self.gamma ** jnp.arange(self.rollout_length, dtype=reward.dtype)  # [L]
         togo = jnp.flip(jnp.cumsum(jnp.flip(discount[:, None, None] * reward, 0), axis=0), 0)
         last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731  [L, M, G] -> [M, G, L]

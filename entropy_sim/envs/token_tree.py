@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from entropy_sim import errors
+from entropy_sim import errors, prng
 from entropy_sim.envs.base import Evaluation, float_dtype, policy
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 
@@ -107,16 +107,16 @@ class TokenTree:
     def sample(self, key: Array, logits: Array, prompts: int, group: int) -> Batch:
         """``prompts`` prompts from ``rho``, each with ``group`` complete responses drawn token by
         token from ``softmax(logits)``. ``logits: [S, V]``; one uniform per token."""
-        keys = jax.random.split(key, self.length + 1)
-        prompt = draw_prompts(keys[0], self.rho, prompts)  # [M]
+        k_prompt, k_tokens = jax.random.split(key, 2)
+        prompt = draw_prompts(k_prompt, self.rho, prompts)  # [M]
+        u = prng.uniform(k_tokens, (self.length, prompts, group), logits.dtype)
         cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
         node = jnp.zeros((prompts, group), jnp.int32)  # index of the prefix within its level
         root = (prompt * self.num_nodes)[:, None]
         states, actions, offset = [], [], 0
         for t in range(self.length):
             row = root + offset + node
-            u = jax.random.uniform(keys[t + 1], (prompts, group), cdf.dtype)
-            token = inverse_cdf(u, cdf[row])
+            token = inverse_cdf(u[t], cdf[row])
             states.append(row)
             actions.append(token)
             node = node * self.vocab + token
