@@ -4,8 +4,8 @@ A draw from a K-way categorical costs one uniform here (its position in the cumu
 distribution), where the Gumbel-max trick of ``jax.random.categorical`` costs K uniforms and 2K
 logarithms. Random bits weigh heavily in a sampled step on a CPU, so this is the cheaper way for
 every tabular policy (``benchmarks/sampling.py`` measures the difference); the uniforms come from
-``prng.uniform``, JAX's generator at half the cost. In float32 an action whose probability is
-below about 2^-24 per draw is drawn with an absolute error of that order.
+``prng.uniform``, JAX's Threefry generator with its rounds written out. In float32 an action whose
+probability is below about 2^-24 per draw is drawn with an absolute error of that order.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def draw_prompts(key: Array, rho: Array, count: int) -> Array:
 
 def visit_table(batch: Batch, weight: Array, num_states: int, num_actions: int) -> Array:
     """``N[s, a] = sum of weight over the tokens at (s, a)``. ``weight: [M, G, L] -> [S, A]``."""
-    if num_states == 1:  # a bandit: no state index to scatter with (faster)
+    if num_states == 1:  # every token is in state 0: scatter on the action alone
         table = jnp.zeros((num_actions,), weight.dtype)
         return table.at[batch.action.ravel()].add(weight.ravel())[None]
     table = jnp.zeros((num_states, num_actions), weight.dtype)
