@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import warnings
 
-from entropy_sim import sharding, summary
+from entropy_sim import prng, sharding, summary
 from entropy_sim.diagnostics import NAN_ALLOWED, pass_at_k, step_metrics
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.experiment import Experiment
@@ -61,7 +61,7 @@ def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
     opt = make_optimizer(opt_name, hp)
     tau = hp.get("tau", 0.0)
     theta_next, opt_state, info = RULES[rule].fn(
-        state.theta, state.opt_state, state.ev, env, hp, jax.random.fold_in(state.key, t), opt,
+        state.theta, state.opt_state, state.ev, env, hp, prng.fold_in(state.key, t), opt,
         **dict(options))
     ev_next = env.evaluate(theta_next, tau)
     metrics = step_metrics(state.ev, ev_next, theta_next - state.theta)

@@ -73,7 +73,7 @@ class ContextualBandit:
         r = self.r
         if self.num_states > 1:  # one row per group; a bandit's single row broadcasts
             cdf, r = cdf[prompt], r[prompt]  # [M, A]
-        u = prng.uniform(jax.random.fold_in(key, 1), (prompts, group), cdf.dtype)
+        u = prng.uniform(prng.fold_in(key, 1), (prompts, group), cdf.dtype)
         action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
         rows = jnp.arange(cdf.shape[0])[:, None]
         if self.noise == "bernoulli":
