@@ -10,10 +10,11 @@ there:
   of the two words, as the generator's authors intend (Salmon et al. 2011).
 
 The generator is unchanged: ``block`` is bitwise equal to ``jax.extend.random.threefry_2x32``
-(tested); only the numbers ``uniform`` makes from a key differ from ``jax.random.uniform``'s.
-Keys are still made by ``jax.random.fold_in`` and ``split``: written out, those small hashes
-lengthen every compile and save little at run time. ``benchmarks/sampling.py`` measures the
-difference this module makes.
+and ``fold_in`` returns ``jax.random.fold_in``'s keys (tested); only the numbers ``uniform`` makes
+from a key differ from ``jax.random.uniform``'s. ``fold_in`` makes the key of every step (in the
+runner) and a bandit's action key; other keys come from ``jax.random``, because written out where a
+key feeds many computations (GRPO's, say) the hash is copied into each of them and compiles take
+twice as long or more. ``benchmarks/sampling.py`` measures what this module saves.
 
 Keys are raw ``uint32[2]`` arrays (``jax.random.PRNGKey``) or typed keys (``jax.random.key``).
 """

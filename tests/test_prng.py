@@ -1,4 +1,4 @@
-"""entropy_sim.prng: JAX's Threefry-2x32 generator computed cheaply (bitwise the same bits)."""
+"""entropy_sim.prng: JAX's Threefry-2x32 generator computed cheaply (bitwise the same bits and keys)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ def test_bits_are_both_words_of_jax_threefry_blocks(kind, count):
     expected = threefry_2x32(raw(key), jax.lax.iota(jnp.uint32, 2 * blocks))[:count]
     np.testing.assert_array_equal(prng.bits(key, count), expected)
     np.testing.assert_array_equal(jax.jit(prng.bits, static_argnums=1)(key, count), expected)
+
+
+@pytest.mark.parametrize("kind", KEYS)
+def test_fold_in_gives_jax_keys(kind):
+    key = KEYS[kind]
+    for data in (0, 1, 17, 2**31 - 1, 2**32 - 1):
+        np.testing.assert_array_equal(prng.fold_in(key, data), raw(jax.random.fold_in(key, data)))
+    traced = jax.jit(prng.fold_in)(key, jnp.int32(12345))
+    np.testing.assert_array_equal(traced, raw(jax.random.fold_in(key, 12345)))
+    # Under vmap over keys, as the runner calls it.
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    np.testing.assert_array_equal(jax.vmap(lambda k: prng.fold_in(k, 9))(keys),
+                                  jax.vmap(lambda k: jax.random.fold_in(k, 9))(keys))
 
 
 def test_uniforms_are_the_mantissa_bits_of_the_words():
