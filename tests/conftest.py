@@ -1,10 +1,28 @@
 """Shared test helpers."""
 
+import gc
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionfinish(session):
+    """Free every compiled program before a pytest-xdist worker reports that it is done.
+
+    The controller stops a worker that is still busy 5 s later with SIGINT; freeing thousands of
+    XLA executables in pytest's final garbage collections can take that long, and the interrupt
+    then lands in JAX's garbage-collection callback, a spurious warning at the end of the run."""
+    if hasattr(session.config, "workerinput"):
+        import jax
+
+        from entropy_sim import experiment, runner
+
+        for cache in (runner.compiled_chunk, runner.compiled_init, experiment._over_keys):
+            cache.cache_clear()
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture

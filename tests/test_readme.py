@@ -1,5 +1,6 @@
 """Every command and code block of the README runs (in a scratch folder), so the README stays true."""
 
+import json
 import os
 import re
 import shlex
@@ -94,4 +95,6 @@ def test_readme_benchmark_commands_exist_and_the_sampling_one_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sampling.py"), "--seeds", "64",
                            "--steps", "4", "--json", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert out.exists()
+    record = json.loads(out.read_text())
+    assert len(record["rows"]) == 8 and all(r["seed_steps_per_s"] > 0 for r in record["rows"])
+    assert {"gumbel_over_inverse_cdf", "free_bits_over_exact"} <= set(record)
