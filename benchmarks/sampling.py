@@ -10,8 +10,6 @@ compilation (best of 3) in this process, so the ratios are robust to a noisy mac
   uniform per response, which also decides the Bernoulli reward);
 - the same with the uniforms of ``jax.random.uniform`` instead of ``entropy_sim.prng.uniform``
   (the same Threefry generator; JAX hashes one block per number and runs it as a rolled loop);
-- the same with free random bits: ``prng.uniform`` replaced by a fixed, cheap sequence (not random;
-  it only shows what the step costs beyond hashing its random numbers);
 - the same with Gumbel-max sampling (``jax.random.categorical``: one uniform and two logs per arm,
   plus a uniform for the reward);
 - the same from sufficient statistics drawn directly instead of one draw per response: counts per arm
@@ -24,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 
 import jax
@@ -116,13 +113,6 @@ def jax_uniform(key, shape=(), dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype)
 
 
-def free_uniform(key, shape=(), dtype=jnp.float32):
-    """``prng.uniform``'s signature, no hashing: a Weyl sequence offset by the key (NOT random)."""
-    offset = (prng._words(key)[0] >> 8).astype(dtype) * 2.0 ** -24
-    steps = jnp.arange(math.prod(shape), dtype=dtype) * 0.6180339887
-    return jnp.mod(offset + steps, 1.0).reshape(shape)
-
-
 def uniforms_time(seeds, steps, uniform):
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
 
@@ -147,14 +137,12 @@ def main(argv=None):
     reinforce = {**base, "algo": {"name": "reinforce", "eta": 0.1, "batch": BATCH, "baseline": "mean"}}
     times = {"exact PG": run_time({**base, "algo": {"name": "pg", "eta": 0.1}}),
              "REINFORCE B=64, inverse CDF": run_time(reinforce)}
-    engine_uniform = prng.uniform
-    for label, uniform in (("jax.random.uniform", jax_uniform), ("free bits (not random)", free_uniform)):
-        prng.uniform = uniform
-        try:
-            times[f"REINFORCE B=64, {label}"] = run_time(reinforce)
-        finally:
-            prng.uniform = engine_uniform
-            runner.compiled_chunk.cache_clear()
+    prng.uniform, engine_uniform = jax_uniform, prng.uniform
+    try:
+        times["REINFORCE B=64, jax.random.uniform"] = run_time(reinforce)
+    finally:
+        prng.uniform = engine_uniform
+        runner.compiled_chunk.cache_clear()
     original = ContextualBandit.sample
     ContextualBandit.sample = gumbel_sample
     try:
@@ -183,18 +171,15 @@ def main(argv=None):
     gumbel = times["REINFORCE B=64, Gumbel-max"] / times["REINFORCE B=64, inverse CDF"]
     counts = times["REINFORCE B=64, counts drawn directly"] / times["REINFORCE B=64, inverse CDF"]
     bits = times["REINFORCE B=64, jax.random.uniform"] / times["REINFORCE B=64, inverse CDF"]
-    free = times["REINFORCE B=64, free bits (not random)"] / exact
     print(f"Gumbel-max / inverse CDF: {gumbel:.1f}x; counts drawn directly / inverse CDF: {counts:.2f}x;"
-          f" jax.random.uniform / prng.uniform: {bits:.2f}x; with free bits a sampled step costs"
-          f" {free:.2f} exact steps"
+          f" jax.random.uniform / prng.uniform: {bits:.2f}x"
           f"   ({args.seeds} seeds x {args.steps} steps)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"seeds": args.seeds, "steps": args.steps, "rows": rows,
                        "gumbel_over_inverse_cdf": round(gumbel, 2),
                        "counts_over_inverse_cdf": round(counts, 2),
-                       "jax_uniform_over_prng": round(bits, 2),
-                       "free_bits_over_exact": round(free, 2)}, f, indent=2)
+                       "jax_uniform_over_prng": round(bits, 2)}, f, indent=2)
 
 
 if __name__ == "__main__":
