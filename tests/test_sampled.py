@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import jax
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from entropy_sim import algorithms, diagnostics, envs, optim, sampling  # noqa: E402
+from entropy_sim import algorithms, diagnostics, envs, optim, prng, sampling  # noqa: E402
 
 Z = 5.0  # z-threshold; see the module docstring
 FLOOR = 1e-12  # absolute tolerance only where se == 0 (structural zeros)
@@ -539,6 +540,34 @@ def test_bernoulli_rewards_pay_with_probability_the_mean_of_the_action_drawn():
         # The same test rejects a wrong mean.
         paid = reward[action == 0]
         assert abs(paid.mean() - 0.31) > Z * np.sqrt(0.3 * 0.7 / paid.size)
+
+
+def test_bandit_bernoulli_draws_by_counting_equal_the_per_draw_inverse_cdf_and_gather():
+    """A bandit's Bernoulli sampler counts thresholds instead of gathering one per draw; its
+    actions and rewards must equal, draw for draw, the direct rule from the same uniforms:
+    ``a = min(#{c_a <= u c_{A-1}}, A - 1)`` and ``R = [u c_{A-1} < t_a]`` with ``t_a`` the start of
+    ``a``'s interval plus ``r[a]`` of its width (``-inf, inf`` for means 0 and 1). Means 0 and 1,
+    a zero-probability action and near-degenerate policies, in float32 and float64."""
+    means = np.array([0.0, 0.37, 1.0, 0.999, 0.5, 1e-3, 1.0, 0.0])
+    logits = np.array([[0.0, 0.4, -np.inf, 1.3, -0.7, 0.2, 0.0, -2.0],
+                       [12.0, -9.0, 3.0, 0.0, -np.inf, 11.5, -30.0, 12.0],
+                       [-np.inf, 0.0, 0.0, -np.inf, 0.0, -np.inf, -np.inf, 0.0]])
+    for dtype in (jnp.float32, jnp.float64):
+        env = envs.ContextualBandit(r=jnp.asarray(means[None], dtype), rho=jnp.ones((1,), dtype),
+                                    noise_std=jnp.zeros((), dtype), noise="bernoulli")
+        for row, seed in itertools.product(range(3), range(3)):
+            key, theta = jax.random.PRNGKey(seed), jnp.asarray(logits[row:row + 1], dtype)
+            batch = jax.jit(lambda k, z: env.sample(k, z, 16, 4096))(key, theta)
+            u = np.asarray(prng.uniform(prng.fold_in(key, 1), (16, 4096), dtype))
+            cdf = np.asarray(jnp.cumsum(jax.nn.softmax(theta, axis=-1), axis=-1))[0]
+            x = u * cdf[-1]
+            action = np.minimum(np.sum(x[..., None] >= cdf, axis=-1), len(cdf) - 1)
+            start = np.concatenate([[0.0], cdf[:-1]]).astype(cdf.dtype)
+            stop = np.where(means >= 1, np.inf, np.where(means <= 0, -np.inf,
+                            start + (cdf - start) * means.astype(cdf.dtype)))
+            np.testing.assert_array_equal(np.asarray(batch.action[..., 0]), action)
+            np.testing.assert_array_equal(np.asarray(batch.reward), (x < stop[action]).astype(cdf.dtype))
+            assert 0 < batch.reward.mean() < 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,20 +74,23 @@ class ContextualBandit:
         if self.num_states > 1:  # one row per group; a bandit's single row broadcasts
             cdf, r = cdf[prompt], r[prompt]  # [M, A]
         u = prng.uniform(prng.fold_in(key, 1), (prompts, group), cdf.dtype)
-        action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
-        rows = jnp.arange(cdf.shape[0])[:, None]
-        if self.noise == "bernoulli":
-            # R = 1 iff u falls in the first r[s, a] fraction [c_{a-1}, t_a) of its action's
-            # interval [c_{a-1}, c_a), compared exactly as inverse_cdf compares; means of 0 and 1
-            # give t_a = -inf and +inf, so rounding never flips a binary reward. One gather.
-            start = jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf[:, :-1]], axis=-1)
-            stop = jnp.where(r >= 1, jnp.inf, jnp.where(r <= 0, -jnp.inf, start + (cdf - start) * r))
-            reward = (u * cdf[:, -1:] < stop[rows, action]).astype(cdf.dtype)
+        if self.noise == "bernoulli" and self.num_states == 1:
+            action, reward = _bernoulli_by_counting(u, cdf, r)
         else:
-            reward = r[rows, action]
-            if self.noise == "gaussian":
-                noise = jax.random.normal(jax.random.fold_in(key, 2), reward.shape, reward.dtype)
-                reward = reward + self.noise_std * noise
+            action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
+            rows = jnp.arange(cdf.shape[0])[:, None]
+            if self.noise == "bernoulli":
+                # R = 1 iff u falls in the first r[s, a] fraction [c_{a-1}, t_a) of its action's
+                # interval [c_{a-1}, c_a), compared exactly as inverse_cdf compares; means of 0
+                # and 1 give t_a = -inf and +inf, so rounding never flips a binary reward.
+                start = jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf[:, :-1]], axis=-1)
+                stop = jnp.where(r >= 1, jnp.inf, jnp.where(r <= 0, -jnp.inf, start + (cdf - start) * r))
+                reward = (u * cdf[:, -1:] < stop[rows, action]).astype(cdf.dtype)
+            else:
+                reward = r[rows, action]
+                if self.noise == "gaussian":
+                    noise = jax.random.normal(jax.random.fold_in(key, 2), reward.shape, reward.dtype)
+                    reward = reward + self.noise_std * noise
         state = jnp.broadcast_to(prompt[:, None, None], (prompts, group, 1))
         return Batch(prompt=prompt, state=state, action=action[..., None], reward=reward,
                      togo=reward[..., None], discount=jnp.ones((1,), reward.dtype))
@@ -99,6 +102,28 @@ class ContextualBandit:
     def optimal_return(self) -> Array:
         """``J* = sum_s rho(s) max_a r[s, a]``. ``[]``."""
         return jnp.sum(self.rho * jnp.max(self.r, axis=-1))
+
+
+def _bernoulli_by_counting(u: Array, cdf: Array, r: Array) -> tuple[Array, Array]:
+    """The Bernoulli branch of ``sample`` for one row ``cdf, r: [1, A]``, without a gather:
+    ``u: [M, G] -> (action, reward)``, both ``[M, G]``: draw for draw the actions and rewards of
+    the contextual branch (inverse CDF, then a gather of each draw's threshold; tested).
+
+    With ``x = u c_{A-1}``, the action is ``#{a < A - 1: x >= c_a}``. Each threshold ``t_a``
+    clipped to its action's interval ``[c_{a-1}, c_a]`` (the last one ``[c_{A-2}, inf]``)
+    is ``> x`` for every action above the one drawn and ``<= x`` for every action below it, so
+    ``#{a: x < t_a} = (A - 1 - action) + R``. Two compare-and-count passes over the A thresholds
+    replace the per-draw gather of ``t_a``, which XLA:CPU runs slowly (``benchmarks/sampling.py``).
+    """
+    cdf, r = cdf[0], r[0]
+    start = jnp.concatenate([jnp.zeros_like(cdf[:1]), cdf[:-1]])
+    end = jnp.concatenate([cdf[:-1], jnp.full_like(cdf[:1], jnp.inf)])
+    stop = jnp.where(r >= 1, end, jnp.where(r <= 0, start, jnp.clip(start + (cdf - start) * r, start, end)))
+    x = (u * cdf[-1])[..., None]
+    below = jnp.sum(x >= cdf[:-1], axis=-1)
+    above = jnp.sum(x < stop, axis=-1)
+    reward = (above + below - (cdf.shape[0] - 1)).astype(cdf.dtype)
+    return below.astype(jnp.int32), reward
 
 
 def contextual_bandit(r, rho=None, *, noise: str = "deterministic",
