@@ -80,12 +80,8 @@ class ContextualBandit:
             action = inverse_cdf(u, cdf[:, None, :])  # [M, G]
             rows = jnp.arange(cdf.shape[0])[:, None]
             if self.noise == "bernoulli":
-                # R = 1 iff u falls in the first r[s, a] fraction [c_{a-1}, t_a) of its action's
-                # interval [c_{a-1}, c_a), compared exactly as inverse_cdf compares; means of 0
-                # and 1 give t_a = -inf and +inf, so rounding never flips a binary reward.
-                start = jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf[:, :-1]], axis=-1)
-                stop = jnp.where(r >= 1, jnp.inf, jnp.where(r <= 0, -jnp.inf, start + (cdf - start) * r))
-                reward = (u * cdf[:, -1:] < stop[rows, action]).astype(cdf.dtype)
+                stop = _reward_thresholds(cdf, r)[rows, action]
+                reward = (u * cdf[:, -1:] < stop).astype(cdf.dtype)
             else:
                 reward = r[rows, action]
                 if self.noise == "gaussian":
@@ -104,24 +100,33 @@ class ContextualBandit:
         return jnp.sum(self.rho * jnp.max(self.r, axis=-1))
 
 
+def _reward_thresholds(cdf: Array, r: Array) -> Array:
+    """``t_a``: a draw ``x = u c_{A-1}`` in action ``a``'s interval ``[c_{a-1}, c_a)`` pays
+    (``R = 1``) iff ``x < t_a = c_{a-1} + r_a (c_a - c_{a-1})``, compared exactly as ``inverse_cdf``
+    compares. Means of 0 and 1 give the interval's ends without arithmetic, so rounding never flips
+    a binary reward; every ``t_a`` is clipped into ``[c_{a-1}, c_a]`` (the last interval ends at
+    ``inf``). ``cdf, r: [..., A] -> [..., A]``."""
+    start = jnp.concatenate([jnp.zeros_like(cdf[..., :1]), cdf[..., :-1]], axis=-1)
+    end = jnp.concatenate([cdf[..., :-1], jnp.full_like(cdf[..., :1], jnp.inf)], axis=-1)
+    inside = jnp.clip(start + (cdf - start) * r, start, end)
+    return jnp.where(r >= 1, end, jnp.where(r <= 0, start, inside))
+
+
 def _bernoulli_by_counting(u: Array, cdf: Array, r: Array) -> tuple[Array, Array]:
     """The Bernoulli branch of ``sample`` for one row ``cdf, r: [1, A]``, without a gather:
     ``u: [M, G] -> (action, reward)``, both ``[M, G]``: draw for draw the actions and rewards of
     the contextual branch (inverse CDF, then a gather of each draw's threshold; tested).
 
     With ``x = u c_{A-1}``, the action is ``#{a < A - 1: x >= c_a}``. Each threshold ``t_a``
-    clipped to its action's interval ``[c_{a-1}, c_a]`` (the last one ``[c_{A-2}, inf]``)
-    is ``> x`` for every action above the one drawn and ``<= x`` for every action below it, so
-    ``#{a: x < t_a} = (A - 1 - action) + R``. Two compare-and-count passes over the A thresholds
-    replace the per-draw gather of ``t_a``, which XLA:CPU runs slowly (``benchmarks/sampling.py``).
+    (``_reward_thresholds``, inside its action's interval) is ``> x`` for every action above the
+    one drawn and ``<= x`` for every action below it, so ``#{a: x < t_a} = (A - 1 - action) + R``.
+    Two compare-and-count passes over the A thresholds replace the per-draw gather of ``t_a``,
+    which XLA:CPU runs slowly (``benchmarks/sampling.py``).
     """
     cdf, r = cdf[0], r[0]
-    start = jnp.concatenate([jnp.zeros_like(cdf[:1]), cdf[:-1]])
-    end = jnp.concatenate([cdf[:-1], jnp.full_like(cdf[:1], jnp.inf)])
-    stop = jnp.where(r >= 1, end, jnp.where(r <= 0, start, jnp.clip(start + (cdf - start) * r, start, end)))
     x = (u * cdf[-1])[..., None]
     below = jnp.sum(x >= cdf[:-1], axis=-1)
-    above = jnp.sum(x < stop, axis=-1)
+    above = jnp.sum(x < _reward_thresholds(cdf, r), axis=-1)
     reward = (above + below - (cdf.shape[0] - 1)).astype(cdf.dtype)
     return below.astype(jnp.int32), reward
 
