@@ -1,25 +1,33 @@
 """Cost of a sampled step against an exact one, and of inverse-CDF sampling against Gumbel-max.
 
-    python benchmarks/sampling.py [--seeds 10000] [--steps 200] [--json out.json]
+    python benchmarks/sampling.py [--seeds 10000] [--steps 200] [--rounds 5] [--json out.json]
 
-Workloads (10-armed Bernoulli bandits, every per-step diagnostic logged), each timed after
-compilation (best of 3) in this process, so the ratios are robust to a noisy machine:
+Workloads (10-armed Bernoulli bandits, every per-step diagnostic logged), compiled first, then
+timed round-robin (``--rounds`` rounds, best per workload) in this process, so a slow spell of a
+noisy machine falls on every workload alike and the ratios hold:
 
 - exact PG (the expected-gradient step);
-- sampled REINFORCE, batch 64, batch-mean baseline, with the engine's inverse-CDF sampler (one
-  uniform per response, which also decides the Bernoulli reward);
+- sampled REINFORCE, batch 64, batch-mean baseline, as the engine runs it: one uniform per
+  response places it in the cumulative distribution, and the batch enters only through counts
+  and reward sums per arm, found by counting uniforms above thresholds (``ContextualBandit.tally``);
+- the same draws one by one: an action and a reward per response (inverse CDF), then a scatter
+  into the per-arm table (``ContextualBandit.sample``, the path of contextual bandits);
 - the same with the uniforms of ``jax.random.uniform`` instead of ``entropy_sim.prng.uniform``
   (the same Threefry generator; JAX hashes one block per number and runs it as a rolled loop);
 - the same with Gumbel-max sampling (``jax.random.categorical``: one uniform and two logs per arm,
-  plus a uniform for the reward);
+  plus a uniform for the reward), drawn one by one;
 - the same from sufficient statistics drawn directly instead of one draw per response: counts per arm
   (conditional binomials) and successes per arm (binomials), each binomial by inverting its CDF;
 - the random bits alone: the 64 uniforms of every seed-step and nothing else, from either source.
+
+Each variant is registered as a rule of its own (``RULES``), so every compiled program stays
+cached while the rounds alternate between them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
@@ -37,20 +45,37 @@ from entropy_sim.sampling import Batch, draw_prompts
 BATCH = 64
 
 
-def best_of(fn, repeats=3):
-    fn()  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def run_time(config):
+def engine_run(config):
+    """A zero-argument function running ``config`` through the engine (compiled on first call)."""
     exp = es.build(es.Config(config))
-    runner.compiled_chunk.cache_clear()
-    return best_of(lambda: runner.run_arrays(exp, progress=False))
+    return lambda: runner.run_arrays(exp, progress=False)
+
+
+@contextlib.contextmanager
+def patched(owner, name, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+def variant(name, fn, *patches):
+    """Register ``RULES[name]``: ``reinforce``'s spec with rule ``fn``, traced with ``patches``
+    (``(owner, attribute, value)``) in place."""
+    def rule(*args, **options):
+        with contextlib.ExitStack() as stack:
+            for patch in patches:
+                stack.enter_context(patched(*patch))
+            return fn(*args, **options)
+    RULES[name] = dataclasses.replace(RULES["reinforce"], name=name, fn=rule)
 
 
 def gumbel_sample(self, key, logits, prompts, group):
@@ -113,7 +138,8 @@ def jax_uniform(key, shape=(), dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype)
 
 
-def uniforms_time(seeds, steps, uniform):
+def uniforms_run(seeds, steps, uniform):
+    """A zero-argument function drawing the 64 uniforms of every seed-step, and nothing else."""
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
 
     @jax.jit
@@ -123,42 +149,44 @@ def uniforms_time(seeds, steps, uniform):
             return total + jnp.sum(u), None
         return jax.lax.scan(body, 0.0, jnp.arange(steps))[0]
 
-    return best_of(lambda: draw(keys).block_until_ready())
+    return lambda: draw(keys).block_until_ready()
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10000)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args(argv)
     base = {"seeds": args.seeds, "steps": args.steps,
             "env": {"kind": "bandit", "arms": 10, "generator": "uniform", "noise": "bernoulli"}}
-    reinforce = {**base, "algo": {"name": "reinforce", "eta": 0.1, "batch": BATCH, "baseline": "mean"}}
-    times = {"exact PG": run_time({**base, "algo": {"name": "pg", "eta": 0.1}}),
-             "REINFORCE B=64, inverse CDF": run_time(reinforce)}
-    prng.uniform, engine_uniform = jax_uniform, prng.uniform
-    try:
-        times["REINFORCE B=64, jax.random.uniform"] = run_time(reinforce)
-    finally:
-        prng.uniform = engine_uniform
-        runner.compiled_chunk.cache_clear()
-    original = ContextualBandit.sample
-    ContextualBandit.sample = gumbel_sample
-    try:
-        times["REINFORCE B=64, Gumbel-max"] = run_time(reinforce)
-    finally:
-        ContextualBandit.sample = original
-        runner.compiled_chunk.cache_clear()
+
+    def reinforce(name):
+        return {**base, "algo": {"name": name, "eta": 0.1, "batch": BATCH, "baseline": "mean"}}
+
     spec = RULES["reinforce"]
-    RULES["reinforce"] = dataclasses.replace(spec, fn=counts_reinforce)
-    try:
-        times["REINFORCE B=64, counts drawn directly"] = run_time(reinforce)
-    finally:
-        RULES["reinforce"] = spec
-        runner.compiled_chunk.cache_clear()
-    times["64 uniforms per seed-step only"] = uniforms_time(args.seeds, args.steps, prng.uniform)
-    times["64 uniforms, jax.random.uniform"] = uniforms_time(args.seeds, args.steps, jax_uniform)
+    one_by_one = (ContextualBandit, "tallies", False)
+    variant("reinforce_per_draw", spec.fn, one_by_one)
+    variant("reinforce_jax_uniform", spec.fn, (prng, "uniform", jax_uniform))
+    variant("reinforce_gumbel", spec.fn, one_by_one, (ContextualBandit, "sample", gumbel_sample))
+    variant("reinforce_counts", counts_reinforce)
+    workloads = {
+        "exact PG": engine_run({**base, "algo": {"name": "pg", "eta": 0.1}}),
+        "REINFORCE B=64, engine (tallied inverse CDF)": engine_run(reinforce("reinforce")),
+        "REINFORCE B=64, per-draw inverse CDF": engine_run(reinforce("reinforce_per_draw")),
+        "REINFORCE B=64, jax.random.uniform": engine_run(reinforce("reinforce_jax_uniform")),
+        "REINFORCE B=64, Gumbel-max": engine_run(reinforce("reinforce_gumbel")),
+        "REINFORCE B=64, counts drawn directly": engine_run(reinforce("reinforce_counts")),
+        "64 uniforms per seed-step only": uniforms_run(args.seeds, args.steps, prng.uniform),
+        "64 uniforms, jax.random.uniform": uniforms_run(args.seeds, args.steps, jax_uniform),
+    }
+    for fn in workloads.values():
+        fn()  # compile
+    times = {name: float("inf") for name in workloads}
+    for _ in range(args.rounds):
+        for name, fn in workloads.items():
+            times[name] = min(times[name], seconds(fn))
     seed_steps = args.seeds * args.steps
     exact = times["exact PG"]
     rows = [{"workload": k, "seconds": round(v, 3), "seed_steps_per_s": round(seed_steps / v),
@@ -168,18 +196,21 @@ def main(argv=None):
     for r in rows:
         print(f"{r['workload']:{width}s}  {r['seconds']:7.3f}  {r['seed_steps_per_s']:12,d}"
               f"  {r['ratio_to_exact']:12.2f}")
-    gumbel = times["REINFORCE B=64, Gumbel-max"] / times["REINFORCE B=64, inverse CDF"]
-    counts = times["REINFORCE B=64, counts drawn directly"] / times["REINFORCE B=64, inverse CDF"]
-    bits = times["REINFORCE B=64, jax.random.uniform"] / times["REINFORCE B=64, inverse CDF"]
-    print(f"Gumbel-max / inverse CDF: {gumbel:.1f}x; counts drawn directly / inverse CDF: {counts:.2f}x;"
-          f" jax.random.uniform / prng.uniform: {bits:.2f}x"
-          f"   ({args.seeds} seeds x {args.steps} steps)")
+    engine = times["REINFORCE B=64, engine (tallied inverse CDF)"]
+    gumbel = times["REINFORCE B=64, Gumbel-max"] / engine
+    counts = times["REINFORCE B=64, counts drawn directly"] / engine
+    per_draw = times["REINFORCE B=64, per-draw inverse CDF"] / engine
+    bits = times["REINFORCE B=64, jax.random.uniform"] / engine
+    print(f"over the engine's sampled step: Gumbel-max {gumbel:.1f}x, counts drawn directly "
+          f"{counts:.2f}x, per-draw {per_draw:.2f}x, jax.random.uniform {bits:.2f}x"
+          f"   ({args.seeds} seeds x {args.steps} steps, best of {args.rounds} rounds)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seeds": args.seeds, "steps": args.steps, "rows": rows,
-                       "gumbel_over_inverse_cdf": round(gumbel, 2),
-                       "counts_over_inverse_cdf": round(counts, 2),
-                       "jax_uniform_over_prng": round(bits, 2)}, f, indent=2)
+            json.dump({"seeds": args.seeds, "steps": args.steps, "rounds": args.rounds, "rows": rows,
+                       "gumbel_over_engine": round(gumbel, 2),
+                       "counts_over_engine": round(counts, 2),
+                       "per_draw_over_engine": round(per_draw, 2),
+                       "jax_uniform_over_engine": round(bits, 2)}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,13 @@ def fold_in(key: Array, data) -> Array:
 
 def bits(key: Array, count: int) -> Array:
     """``count`` random uint32 words from ``ceil(count / 2)`` blocks, both words of each:
-    ``jax.extend.random.threefry_2x32(key, iota(2 ceil(count / 2)))[:count]``."""
+    ``jax.extend.random.threefry_2x32(key, iota(2 ceil(count / 2)))[:count]``.
+
+    The key passes an optimisation barrier: XLA would otherwise fuse the key's own derivation
+    (a step's ``fold_in`` chain) into this kernel and hash it again for every word."""
     half = -(-count // 2)
     counter = jax.lax.iota(jnp.uint32, half)
-    y0, y1 = block(key, counter, counter + np.uint32(half))
+    y0, y1 = block(jax.lax.optimization_barrier(key), counter, counter + np.uint32(half))
     return jnp.concatenate([y0, y1])[:count]
 
 

@@ -23,7 +23,7 @@ from entropy_sim import softmax
 from entropy_sim.diagnostics import temperature_law
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.optim import OPTIMIZERS, apply_direction, make_optimizer  # noqa: F401
-from entropy_sim.sampling import score_direction
+from entropy_sim.sampling import response_table, score_from_table
 
 Array = jax.Array
 
@@ -87,8 +87,8 @@ def temp_reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch
     weight = env.horizon * ev_t.occ  # [S]
     w_b = ev_t.pi * ev_t.q  # [S, B]  pi_T(b|s) Q_T(s, b)
     if batch:
-        sample = env.sample(key, theta / temp, batch, 1)
-        direction = score_direction(sample, sample.togo, ev.pi) / batch
+        table, _ = response_table(env, key, theta / temp, ev_t.pi, batch, "none", ev.v)
+        direction = score_from_table(table, ev.pi) / batch
     else:
         direction = weight[:, None] * (w_b - ev.pi * jnp.sum(w_b, axis=-1, keepdims=True))
     closed_s = -hp["eta"] * weight * jnp.sum(w_b * softmax.indicator_cov(ev.pi, theta), axis=-1)

@@ -3,7 +3,8 @@
 Same signature as the exact rules (``rules.py``); the static options (``batch``, ``group``,
 ``epochs``, ``baseline``) fix the shapes. Samples come from ``env.sample`` (inverse-CDF draws,
 ``sampling.py``) and enter an update only through per-token weights, so a step costs
-``O(tokens + S A)``. THEORY.md section 4 gives the formulas; the choices the papers leave open
+``O(tokens + S A)``; REINFORCE-type rules on a plain bandit read the same draws as counts and
+reward sums per arm (``env.tally``, through ``sampling.response_table``). THEORY.md section 4 gives the formulas; the choices the papers leave open
 are stated in each docstring.
 """
 
@@ -19,12 +20,10 @@ from entropy_sim.diagnostics import temperature_law
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.optim import apply_direction
 from entropy_sim.rules import finish, pg_closed
-from entropy_sim.sampling import Batch, group_advantage, score_direction, visit_table
+from entropy_sim.sampling import (BASELINES, Batch, group_advantage, response_table,  # noqa: F401
+                                   score_from_table)
 
 Array = jax.Array
-
-BASELINES = ("none", "mean", "loo", "value")
-
 
 def reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, baseline: str):
     """REINFORCE on ``batch`` sampled responses (contexts from ``rho``, actions from ``pi``; MDP
@@ -38,11 +37,10 @@ def reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int
     The expectation is ``pg``'s direction, so ``dH_pred_closed`` is ``pg``'s closed form (times
     ``1 - 1/B`` for ``mean``); ``dH_pred_cov`` uses this step's own ``dz``.
     """
-    sample = env.sample(key, theta, batch, 1)
-    weight = sample.togo - _baseline(sample, ev, baseline)
-    direction = score_direction(sample, weight, ev.pi) / batch
+    table, mean_reward = response_table(env, key, theta, ev.pi, batch, baseline, ev.v)
+    direction = score_from_table(table, ev.pi) / batch
     factor = 1.0 - 1.0 / batch if baseline == "mean" else 1.0
-    extra = {"batch_reward": jnp.mean(sample.reward)}
+    extra = {"batch_reward": mean_reward}
     return finish(opt, theta, opt_state, direction, factor * pg_closed(ev, env, hp["eta"]), ev, extra)
 
 
@@ -59,27 +57,14 @@ def sampled_npg(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
     in ``reinforce``. ``dH_pred_closed`` is NPG's ``-eta Cov(log pi, A)`` (times ``1 - 1/B`` for
     ``mean``). Pairs with ``d(s) pi(a|s) = 0`` are never visited and do not move.
     """
-    sample = env.sample(key, theta, batch, 1)
-    weight = sample.togo - _baseline(sample, ev, baseline)
-    table = visit_table(sample, weight, *ev.pi.shape) / batch
+    table, mean_reward = response_table(env, key, theta, ev.pi, batch, baseline, ev.v)
+    table = table / batch
     scale = env.horizon * ev.occ[:, None] * ev.pi
     direction = jnp.where(scale > 0, table / jnp.where(scale > 0, scale, 1.0), 0.0)
     factor = 1.0 - 1.0 / batch if baseline == "mean" else 1.0
     closed_s = -factor * hp["eta"] * softmax.cov(ev.pi, ev.log_pi, ev.adv)
-    extra = {"batch_reward": jnp.mean(sample.reward)}
+    extra = {"batch_reward": mean_reward}
     return finish(opt, theta, opt_state, direction, closed_s, ev, extra)
-
-
-def _baseline(sample: Batch, ev: Evaluation, kind: str) -> Array:
-    """The baseline of every token, in the units of ``togo``. ``[M, G, L]``."""
-    togo = sample.togo
-    if kind == "none":
-        return jnp.zeros_like(togo)
-    if kind == "value":
-        return sample.discount * ev.v[sample.state]
-    n = sample.num_responses
-    total = jnp.sum(togo, axis=(0, 1), keepdims=True)
-    return total / n if kind == "mean" else (total - togo) / (n - 1)
 
 
 # ----------------------------------------------------------------------------- GRPO family

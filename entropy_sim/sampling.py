@@ -6,6 +6,12 @@ logarithms. Random bits weigh heavily in a sampled step on a CPU, so this is the
 every tabular policy (``benchmarks/sampling.py`` measures the difference); the uniforms come from
 ``prng.uniform``, JAX's Threefry generator with its rounds written out. In float32 an action whose
 probability is below about 2^-24 per draw is drawn with an absolute error of that order.
+
+REINFORCE-type rules need a batch only through one table, ``sum over tokens of weight at (s, a)``
+(``response_table``). Environments whose responses are single tokens from one row (plain
+bandits) give that table from sufficient statistics of the very same draws (``Tally``): counts
+and reward sums per action, found by counting draws above thresholds, with no per-draw action,
+reward or scatter.
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ class Batch(NamedTuple):
         return self.state.shape[0] * self.state.shape[1]
 
 
+class Tally(NamedTuple):
+    """Sufficient statistics of single-token responses: per ``(s, a)`` how many responses took
+    ``a`` in ``s``, and the sum of their rewards. Both ``[S, A]`` float."""
+
+    count: Array
+    reward: Array
+
+
+BASELINES = ("none", "mean", "loo", "value")
+
+
 def inverse_cdf(u: Array, cdf: Array) -> Array:
     """The category of uniform ``u`` under the cumulative sums ``cdf``: ``[...], [..., K] -> [...]``
     int32 (broadcasting). ``cdf`` need not end at exactly 1."""
@@ -59,6 +76,17 @@ def draw_prompts(key: Array, rho: Array, count: int) -> Array:
     return categorical(key, rho, (count,))
 
 
+def count_at_least(x: Array, thresholds: Array) -> Array:
+    """``#{i: x_i >= t_j}`` for every threshold ``t_j``: ``[N], [J] -> [J]`` float.
+
+    Sums in blocks of 32: XLA:CPU rewrites a reduction over more than 32 elements into a
+    reduce-window, which inside a vmapped step ran about 100x slower than these blocks.
+    """
+    hits = (thresholds[:, None] <= x[None, :]).astype(jnp.int32)  # [J, N]
+    total = sum(jnp.sum(hits[:, i:i + 32], axis=-1) for i in range(0, x.shape[0], 32))
+    return total.astype(x.dtype)
+
+
 def visit_table(batch: Batch, weight: Array, num_states: int, num_actions: int) -> Array:
     """``N[s, a] = sum of weight over the tokens at (s, a)``. ``weight: [M, G, L] -> [S, A]``."""
     if num_states == 1:  # every token is in state 0: scatter on the action alone
@@ -71,7 +99,49 @@ def visit_table(batch: Batch, weight: Array, num_states: int, num_actions: int) 
 def score_direction(batch: Batch, weight: Array, pi: Array) -> Array:
     """``sum over tokens of weight * grad_theta log pi(a|s)``: row ``s`` of the score of a token at
     ``(s, a)`` is ``e_a - pi(.|s)``, so the sum is ``N - rowsum(N) pi``. ``[M, G, L] -> [S, A]``."""
-    table = visit_table(batch, weight, *pi.shape)
+    return score_from_table(visit_table(batch, weight, *pi.shape), pi)
+
+
+def baseline(sample: Batch, v: Array, kind: str) -> Array:
+    """The baseline of every token, in the units of ``togo`` (``kind`` one of ``BASELINES``;
+    ``v: [S]`` the exact values, for ``value``). ``[M, G, L]``."""
+    togo = sample.togo
+    if kind == "none":
+        return jnp.zeros_like(togo)
+    if kind == "value":
+        return sample.discount * v[sample.state]
+    n = sample.num_responses
+    total = jnp.sum(togo, axis=(0, 1), keepdims=True)
+    return total / n if kind == "mean" else (total - togo) / (n - 1)
+
+
+def response_table(env, key: Array, logits: Array, probs: Array, responses: int, kind: str,
+                   v: Array) -> tuple[Array, Array]:
+    """REINFORCE's table for ``responses`` responses from ``env.sample(key, logits, responses, 1)``:
+    ``sum over tokens of (togo - baseline) at (s, a)`` (``[S, A]``), and the mean reward (``[]``).
+    ``probs = softmax(logits)``, already at hand in every rule, spares ``env.tally`` its softmax.
+
+    From ``env.tally`` where the environment has one (``env.tallies``): the same draws, so the same
+    table up to the rounding of its sums. With counts ``N`` and reward sums ``W`` per action and
+    ``total = sum W``, a token's ``R - b`` summed per action is ``W - N total / B`` (``mean``),
+    ``W - (N total - W) / (B - 1)`` (``loo``) or ``W - N V`` (``value``).
+    """
+    if getattr(env, "tallies", False):
+        tally = env.tally(key, probs, responses)
+        total = jnp.sum(tally.reward)
+        table = {"none": lambda: tally.reward,
+                 "mean": lambda: tally.reward - tally.count * (total / responses),
+                 "loo": lambda: tally.reward - (tally.count * total - tally.reward) / (responses - 1),
+                 "value": lambda: tally.reward - tally.count * v[:, None]}[kind]()
+        return table, total / responses
+    sample = env.sample(key, logits, responses, 1)
+    weight = sample.togo - baseline(sample, v, kind)
+    return visit_table(sample, weight, *logits.shape), jnp.mean(sample.reward)
+
+
+def score_from_table(table: Array, pi: Array) -> Array:
+    """``sum over tokens of weight * grad log pi(a|s)`` from the table of weights per ``(s, a)``:
+    ``N - rowsum(N) pi``. ``[S, A], [S, A] -> [S, A]``."""
     return table - jnp.sum(table, axis=-1, keepdims=True) * pi
 
 

@@ -96,5 +96,6 @@ def test_readme_benchmark_commands_exist_and_the_sampling_one_runs(tmp_path):
                            "--steps", "4", "--json", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(out.read_text())
-    assert len(record["rows"]) == 7 and all(r["seed_steps_per_s"] > 0 for r in record["rows"])
-    assert {"gumbel_over_inverse_cdf", "counts_over_inverse_cdf", "jax_uniform_over_prng"} <= set(record)
+    assert len(record["rows"]) == 8 and all(r["seed_steps_per_s"] > 0 for r in record["rows"])
+    assert {"gumbel_over_engine", "counts_over_engine", "per_draw_over_engine",
+            "jax_uniform_over_engine"} <= set(record)

@@ -570,6 +570,67 @@ def test_bandit_bernoulli_draws_by_counting_equal_the_per_draw_inverse_cdf_and_g
             assert 0 < batch.reward.mean() < 1
 
 
+def test_count_at_least_counts_every_threshold_for_any_batch_size():
+    """``count_at_least`` sums in blocks of 32: sizes around and between the blocks, ties included."""
+    rng = np.random.default_rng(0)
+    for n in (1, 31, 32, 33, 64, 100):
+        x = np.round(rng.uniform(size=n), 1).astype(np.float32)
+        t = np.sort(np.round(rng.uniform(size=7), 1)).astype(np.float32)
+        got = np.asarray(sampling.count_at_least(jnp.asarray(x), jnp.asarray(t)))
+        np.testing.assert_array_equal(got, np.sum(x[None, :] >= t[:, None], axis=1), err_msg=f"n={n}")
+
+
+@pytest.mark.parametrize("noise", ["bernoulli", "deterministic"])
+def test_bandit_tally_is_the_histogram_of_the_sampled_draws(noise):
+    """``ContextualBandit.tally`` (counts and reward sums per arm by counting uniforms above
+    thresholds) must equal, arm for arm, the histogram of ``sample``'s actions and rewards from the
+    same key: batch sizes around the blocks of 32, means 0 and 1, zero-probability arms and
+    near-degenerate policies, in float32 and float64."""
+    means = np.array([0.0, 0.37, 1.0, 0.999, 0.5, 1e-3, 1.0, 0.0])
+    logits = np.array([[0.0, 0.4, -np.inf, 1.3, -0.7, 0.2, 0.0, -2.0],
+                       [12.0, -9.0, 3.0, 0.0, -np.inf, 11.5, -30.0, 12.0],
+                       [-np.inf, 0.0, 0.0, -np.inf, 0.0, -np.inf, -np.inf, 0.0]])
+    for dtype, row, size in itertools.product((jnp.float32, jnp.float64), range(3), (1, 33, 64, 100)):
+        env = envs.ContextualBandit(r=jnp.asarray(means[None], dtype), rho=jnp.ones((1,), dtype),
+                                    noise_std=jnp.zeros((), dtype), noise=noise)
+        assert env.tallies
+        theta = jnp.asarray(logits[row:row + 1], dtype)
+        for seed in range(4):
+            key = jax.random.PRNGKey(seed)
+            batch = env.sample(key, theta, size, 1)
+            tally = env.tally(key, jax.nn.softmax(theta, axis=-1), size)
+            action, reward = np.asarray(batch.action).ravel(), np.asarray(batch.reward).ravel()
+            count = np.bincount(action, minlength=len(means))
+            wins = np.bincount(action, weights=reward, minlength=len(means))
+            msg = f"{noise} {dtype.__name__} row {row} B={size} seed {seed}"
+            np.testing.assert_array_equal(np.asarray(tally.count[0]), count, err_msg=msg)
+            np.testing.assert_allclose(np.asarray(tally.reward[0]), wins, rtol=1e-6, err_msg=msg)
+    assert not dataclasses.replace(env, noise="gaussian").tallies
+    assert not envs.contextual_bandit(CB_R, CB_RHO).tallies
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+def test_reinforce_from_the_tally_takes_the_step_of_its_draws_one_by_one(baseline, monkeypatch):
+    """REINFORCE and stochastic NPG on a plain bandit read the batch from ``tally``; with the
+    tally switched off they take the per-draw path (actions, rewards, scatter) on the same
+    draws. Both must give the same step for every baseline, up to the rounding of the sums."""
+    env = envs.bandit(MEANS, noise="bernoulli")
+    hp = hparams(eta=ETA)
+    keys = jax.random.split(jax.random.PRNGKey(4), 32)
+
+    def steps(rule):
+        return jax.vmap(lambda k: rule_step(rule, env, THETA_BANDIT, hp, k, batch=33,
+                                            baseline=baseline))(keys)
+
+    tallied = {rule: steps(rule) for rule in ("reinforce", "sampled_npg")}
+    monkeypatch.setattr(envs.ContextualBandit, "tallies", False)
+    for rule, (direction, info) in tallied.items():
+        per_draw, per_draw_info = steps(rule)
+        assert float(jnp.max(jnp.abs(direction))) > 0.1
+        np.testing.assert_allclose(direction, per_draw, rtol=1e-9, atol=1e-12, err_msg=rule)
+        np.testing.assert_allclose(info["batch_reward"], per_draw_info["batch_reward"], rtol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------
 # Stochastic NPG: importance-weighted estimates average to Q - b (THEORY.md section 5)
 # --------------------------------------------------------------------------------------------

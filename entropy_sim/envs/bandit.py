@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors, prng
-from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
+from entropy_sim.sampling import Batch, Tally, count_at_least, draw_prompts, inverse_cdf
 from entropy_sim.envs.base import Evaluation, float_dtype as _float, policy, soft_values
 
 Array = jax.Array
@@ -90,6 +90,36 @@ class ContextualBandit:
         state = jnp.broadcast_to(prompt[:, None, None], (prompts, group, 1))
         return Batch(prompt=prompt, state=state, action=action[..., None], reward=reward,
                      togo=reward[..., None], discount=jnp.ones((1,), reward.dtype))
+
+    @property
+    def tallies(self) -> bool:
+        """Whether ``tally`` gives a batch's sufficient statistics: one prompt, rewards that are
+        their means or Bernoulli draws."""
+        return self.num_states == 1 and self.noise != "gaussian"
+
+    def tally(self, key: Array, probs: Array, responses: int) -> Tally:
+        """The counts and reward sums per action of ``sample(key, logits, responses, 1)`` with
+        ``probs = softmax(logits)``: the same uniforms (tested draw for draw), without per-draw
+        actions or rewards. Needs ``tallies``. ``probs: [1, A]``.
+
+        With ``x = u c_{A-1}`` and ``C_a = #{x >= c_a}`` (``C_{-1} = B``, ``C_{A-1} = 0``), action
+        ``a`` is drawn ``N_a = C_{a-1} - C_a`` times. A Bernoulli reward pays iff ``x < t_a``
+        (``_reward_thresholds``, inside the action's interval), so with ``D_a = #{x >= t_a}``,
+        which counts the unpaid draws of ``a`` and every draw above it, the successes are
+        ``C_{a-1} - D_a``.
+        """
+        cdf = jnp.cumsum(probs[0])  # [A]
+        u = prng.uniform(prng.fold_in(key, 1), (responses,), cdf.dtype)
+        x = u * cdf[-1]
+        if self.noise == "bernoulli":
+            above = count_at_least(x, jnp.concatenate([cdf[:-1], _reward_thresholds(cdf, self.r[0])]))
+            at_least, unpaid = above[:-cdf.shape[0]], above[-cdf.shape[0]:]
+        else:
+            at_least = count_at_least(x, cdf[:-1])
+        from_a = jnp.concatenate([jnp.full((1,), responses, x.dtype), at_least])  # C_{a-1}
+        count = from_a - jnp.concatenate([at_least, jnp.zeros((1,), x.dtype)])
+        reward = from_a - unpaid if self.noise == "bernoulli" else count * self.r[0]
+        return Tally(count=count[None], reward=reward[None])
 
     def correct_mask(self) -> Array:
         """``[S, A]`` True for the best actions of each prompt (the correct answers)."""
