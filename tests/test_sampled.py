@@ -590,16 +590,20 @@ def test_bandit_tally_is_the_histogram_of_the_sampled_draws(noise):
     logits = np.array([[0.0, 0.4, -np.inf, 1.3, -0.7, 0.2, 0.0, -2.0],
                        [12.0, -9.0, 3.0, 0.0, -np.inf, 11.5, -30.0, 12.0],
                        [-np.inf, 0.0, 0.0, -np.inf, 0.0, -np.inf, -np.inf, 0.0]])
-    for dtype, row, size in itertools.product((jnp.float32, jnp.float64), range(3), (1, 33, 64, 100)):
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    for dtype, size in itertools.product((jnp.float32, jnp.float64), (1, 33, 64, 100)):
         env = envs.ContextualBandit(r=jnp.asarray(means[None], dtype), rho=jnp.ones((1,), dtype),
                                     noise_std=jnp.zeros((), dtype), noise=noise)
         assert env.tallies
-        theta = jnp.asarray(logits[row:row + 1], dtype)
-        for seed in range(4):
-            key = jax.random.PRNGKey(seed)
+
+        @jax.jit
+        def draws(theta, key):
             batch = env.sample(key, theta, size, 1)
-            tally = env.tally(key, jax.nn.softmax(theta, axis=-1), size)
-            action, reward = np.asarray(batch.action).ravel(), np.asarray(batch.reward).ravel()
+            return batch.action, batch.reward, env.tally(key, jax.nn.softmax(theta, axis=-1), size)
+
+        for row, seed in itertools.product(range(3), range(len(keys))):
+            action, reward, tally = draws(jnp.asarray(logits[row:row + 1], dtype), keys[seed])
+            action, reward = np.asarray(action).ravel(), np.asarray(reward).ravel()
             count = np.bincount(action, minlength=len(means))
             wins = np.bincount(action, weights=reward, minlength=len(means))
             msg = f"{noise} {dtype.__name__} row {row} B={size} seed {seed}"
@@ -619,8 +623,8 @@ def test_reinforce_from_the_tally_takes_the_step_of_its_draws_one_by_one(baselin
     keys = jax.random.split(jax.random.PRNGKey(4), 32)
 
     def steps(rule):
-        return jax.vmap(lambda k: rule_step(rule, env, THETA_BANDIT, hp, k, batch=33,
-                                            baseline=baseline))(keys)
+        return jax.jit(jax.vmap(lambda k: rule_step(rule, env, THETA_BANDIT, hp, k, batch=33,
+                                                    baseline=baseline)))(keys)
 
     tallied = {rule: steps(rule) for rule in ("reinforce", "sampled_npg")}
     monkeypatch.setattr(envs.ContextualBandit, "tallies", False)
