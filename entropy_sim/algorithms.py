@@ -11,7 +11,7 @@ import functools
 from typing import Callable
 
 from entropy_sim import rules, sampled
-from entropy_sim.sampled import BASELINES
+from entropy_sim.sampling import BASELINES
 
 # name -> (low, high, low_open, high_open, whole number, meaning). None: unbounded.
 HPARAMS = {

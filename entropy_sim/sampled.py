@@ -4,8 +4,8 @@ Same signature as the exact rules (``rules.py``); the static options (``batch``,
 ``epochs``, ``baseline``) fix the shapes. Samples come from ``env.sample`` (inverse-CDF draws,
 ``sampling.py``) and enter an update only through per-token weights, so a step costs
 ``O(tokens + S A)``; REINFORCE-type rules on a plain bandit read the same draws as counts and
-reward sums per arm (``env.tally``, through ``sampling.response_table``). THEORY.md section 4 gives the formulas; the choices the papers leave open
-are stated in each docstring.
+reward sums per arm (``env.tally``, through ``sampling.response_table``). THEORY.md section 4
+gives the formulas; the choices the papers leave open are stated in each docstring.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from entropy_sim.diagnostics import temperature_law
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.optim import apply_direction
 from entropy_sim.rules import finish, pg_closed
-from entropy_sim.sampling import (BASELINES, Batch, group_advantage, response_table,  # noqa: F401
-                                   score_from_table)
+from entropy_sim.sampling import Batch, group_advantage, response_table, score_from_table
 
 Array = jax.Array
+
 
 def reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, baseline: str):
     """REINFORCE on ``batch`` sampled responses (contexts from ``rho``, actions from ``pi``; MDP

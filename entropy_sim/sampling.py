@@ -80,7 +80,7 @@ def count_at_least(x: Array, thresholds: Array) -> Array:
     """``#{i: x_i >= t_j}`` for every threshold ``t_j``: ``[N], [J] -> [J]`` float.
 
     Sums in blocks of 32: XLA:CPU rewrites a reduction over more than 32 elements into a
-    reduce-window, which inside a vmapped step ran about 100x slower than these blocks.
+    reduce-window, which inside a vmapped step ran over 100x slower than these blocks.
     """
     hits = (thresholds[:, None] <= x[None, :]).astype(jnp.int32)  # [J, N]
     total = sum(jnp.sum(hits[:, i:i + 32], axis=-1) for i in range(0, x.shape[0], 32))
@@ -94,12 +94,6 @@ def visit_table(batch: Batch, weight: Array, num_states: int, num_actions: int) 
         return table.at[batch.action.ravel()].add(weight.ravel())[None]
     table = jnp.zeros((num_states, num_actions), weight.dtype)
     return table.at[batch.state.ravel(), batch.action.ravel()].add(weight.ravel())
-
-
-def score_direction(batch: Batch, weight: Array, pi: Array) -> Array:
-    """``sum over tokens of weight * grad_theta log pi(a|s)``: row ``s`` of the score of a token at
-    ``(s, a)`` is ``e_a - pi(.|s)``, so the sum is ``N - rowsum(N) pi``. ``[M, G, L] -> [S, A]``."""
-    return score_from_table(visit_table(batch, weight, *pi.shape), pi)
 
 
 def baseline(sample: Batch, v: Array, kind: str) -> Array:
@@ -140,8 +134,9 @@ def response_table(env, key: Array, logits: Array, probs: Array, responses: int,
 
 
 def score_from_table(table: Array, pi: Array) -> Array:
-    """``sum over tokens of weight * grad log pi(a|s)`` from the table of weights per ``(s, a)``:
-    ``N - rowsum(N) pi``. ``[S, A], [S, A] -> [S, A]``."""
+    """``sum over tokens of weight * grad_theta log pi(a|s)`` from the table ``N`` of the weights
+    per ``(s, a)`` (``visit_table``): row ``s`` of the score of a token at ``(s, a)`` is
+    ``e_a - pi(.|s)``, so the sum is ``N - rowsum(N) pi``. ``[S, A], [S, A] -> [S, A]``."""
     return table - jnp.sum(table, axis=-1, keepdims=True) * pi
 
 
