@@ -32,8 +32,10 @@ from entropy_sim.optim import make_optimizer
 
 Array = jax.Array
 
-# Target size of the metrics one chunk brings back to the host.
+# Target size of the metrics of one chunk on a CPU (they live in host memory there).
 CHUNK_BYTES = 256 * 2 ** 20
+# On an accelerator, the share of each device's memory a chunk's metrics may take.
+ACCELERATOR_CHUNK_SHARE = 16
 
 
 class RunState(NamedTuple):
@@ -142,15 +144,30 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
     return jax.jit(chunk, donate_argnums=0)
 
 
-def plan_chunks(steps: int, log_every: int, chunk_steps: int, bytes_per_step: int) -> list[tuple[int, int]]:
+def chunk_budget(lay: sharding.Layout) -> int:
+    """Bytes of per-seed metrics one chunk may hold: ``CHUNK_BYTES`` on a CPU; on accelerators
+    ``1 / ACCELERATOR_CHUNK_SHARE`` of each device's memory (summed over the mesh), so a GPU runs
+    long chunks (few host round trips) where a CPU keeps them small."""
+    devices = lay.mesh.devices.ravel()
+    if devices[0].platform == "cpu":
+        return CHUNK_BYTES
+    try:
+        limit = min(d.memory_stats()["bytes_limit"] for d in devices)
+    except (KeyError, TypeError, AttributeError, RuntimeError):  # no memory statistics
+        return CHUNK_BYTES
+    return max(CHUNK_BYTES, len(devices) * (limit // ACCELERATOR_CHUNK_SHARE))
+
+
+def plan_chunks(steps: int, log_every: int, chunk_steps: int, bytes_per_step: int,
+                budget_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
     """``[(first step, length)]`` covering ``steps``; lengths are multiples of ``log_every``.
-    Automatic size (``chunk_steps = 0``): few chunks that hold at most ``CHUNK_BYTES`` of metrics
+    Automatic size (``chunk_steps = 0``): few chunks that hold at most ``budget_bytes`` of metrics
     each (one logged step if a single one needs more), all of one length when some count up to
     twice the fewest divides the logged steps (each distinct length is one more compile), else
     equal but for the last."""
     if chunk_steps <= 0:
         units = -(-steps // log_every)  # logged steps
-        budget = max(1, CHUNK_BYTES // max(bytes_per_step * log_every, 1))
+        budget = max(1, budget_bytes // max(bytes_per_step * log_every, 1))
         count = -(-units // min(budget, units))
         even = next((c for c in range(count, 2 * count + 1) if units % c == 0), None)
         chunk_steps = log_every * (units // even if even else -(-units // count))
@@ -182,7 +199,8 @@ def make_plan(exp: Experiment) -> Plan:
     layout = sharding.layout(exp.num_seeds, g, cfg["devices"], cfg["seed_block"])
     # Per-seed metrics of a chunk (padded grid and seeds) are held on the devices in either mode.
     per_step = 4 * 24 * layout.grid_size * layout.padded // cfg["log_every"]
-    chunks = plan_chunks(cfg["steps"], cfg["log_every"], cfg["chunk_steps"], per_step)
+    chunks = plan_chunks(cfg["steps"], cfg["log_every"], cfg["chunk_steps"], per_step,
+                         chunk_budget(layout))
     return Plan(batches, g, chunks, layout)
 
 

@@ -27,7 +27,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from entropy_sim.errors import ConfigError
 
 
+# Default seeds per block: small on a CPU, where a block of 256 seeds keeps a step's arrays in
+# cache; large on accelerators, where each kernel needs many seeds to fill the device and every
+# extra block is another round of kernel launches (benchmarks/accelerator.py measures both).
 DEFAULT_BLOCK = 256
+ACCELERATOR_BLOCK = 2 ** 16
+
+
+def default_block(num_seeds: int, platform: str) -> int:
+    """``min(num_seeds, 256)`` on a CPU, ``min(num_seeds, 65536)`` on a GPU or TPU."""
+    return min(num_seeds, DEFAULT_BLOCK if platform == "cpu" else ACCELERATOR_BLOCK)
 
 
 class Layout(NamedTuple):
@@ -47,11 +56,12 @@ class Layout(NamedTuple):
 
 def layout(num_seeds: int, num_grid: int, devices: int, block: int = 0) -> Layout:
     """The layout of ``num_grid`` grid points (one compiled call) and ``num_seeds`` seeds in
-    blocks of ``block`` (0 = ``min(num_seeds, 256)``, which does not depend on the devices) on
+    blocks of ``block`` (0 = ``default_block``: ``min(num_seeds, 256)`` on a CPU, which does not
+    depend on the number of devices, and larger on accelerators) on
     ``devices`` devices (0 = all of ``jax.devices()``, or in one process as few of them as give
     the least work per device)."""
     available = jax.devices()
-    block = block or min(num_seeds, DEFAULT_BLOCK)
+    block = block or default_block(num_seeds, available[0].platform)
     count = len(available) if devices == 0 else devices
     if count > len(available):
         raise ConfigError("devices", f"{count} requested but only {len(available)} available "

@@ -173,6 +173,32 @@ def test_one_cpu_device_per_core_unless_the_user_chose():
     assert proc.stdout.strip() == "3", proc.stderr
 
 
+def test_a_cpu_device_count_that_can_no_longer_apply_is_warned_about():
+    code = ("import warnings, jax; jax.devices(); warnings.simplefilter('always'); "
+            "import entropy_sim")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+    env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert ("JAX started before entropy_sim" in proc.stderr) == (cores > 1), proc.stderr
+
+
+def test_cpu_settings_apply_only_where_jax_runs_on_the_cpu(monkeypatch):
+    from entropy_sim import _xla
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert not _xla.on_cpu()
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert _xla.on_cpu()
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.delenv("JAX_PLATFORM_NAME", raising=False)
+    import importlib.metadata as md
+    monkeypatch.setattr(md, "version", lambda name: "0.11.2")  # every plugin looks installed
+    assert not _xla.on_cpu()
+
+
 def test_more_devices_than_available_is_a_config_error():
     with pytest.raises(es.ConfigError, match="devices"):
         es.run(small_config(devices=64), progress=False)
