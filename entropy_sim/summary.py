@@ -102,17 +102,41 @@ def over_seeds(metrics: dict[str, Array], real: Array, quantiles: tuple[float, .
 
 
 def _quantiles(x: Array, ok: Array, n: Array, quantiles) -> dict[str, Array]:
-    """numpy's default (linear) quantiles over the ``ok`` seeds. ``[G, N, T] -> [G, T]``."""
+    """numpy's default (linear) quantiles over the ``ok`` seeds. ``[G, N, T] -> [G, T]``.
+
+    The sort runs over the last axis on integer keys (``sort_keys``): a plain integer sort,
+    which XLA runs as a radix sort on GPUs, where a float sort along the seed axis of ``[G, N, T]``
+    ran as a strided bitonic sort (benchmarks/accelerator.py). The sorted values are those of a
+    float sort (``+0`` and ``-0`` may swap places, which cannot change an interpolated quantile)."""
     if not quantiles:
         return {}
-    ordered = jnp.sort(jnp.where(ok, x, jnp.inf), axis=1)
+    keys = sort_keys(jnp.where(ok, x, jnp.inf))
+    ordered = from_sort_keys(jnp.sort(jnp.swapaxes(keys, 1, 2), axis=-1), x.dtype)  # [G, T, N]
     out = {}
     for p in quantiles:
         pos = p * jnp.maximum(n - 1, 0)
         lo = jnp.floor(pos)
-        lo_i = lo.astype(jnp.int32)[:, None]
-        hi_i = jnp.minimum(lo_i + 1, jnp.maximum(n.astype(jnp.int32) - 1, 0)[:, None])
-        a = jnp.take_along_axis(ordered, lo_i, axis=1)[:, 0]
-        b = jnp.take_along_axis(ordered, hi_i, axis=1)[:, 0]
+        lo_i = lo.astype(jnp.int32)[..., None]
+        hi_i = jnp.minimum(lo_i + 1, jnp.maximum(n.astype(jnp.int32) - 1, 0)[..., None])
+        a = jnp.take_along_axis(ordered, lo_i, axis=-1)[..., 0]
+        b = jnp.take_along_axis(ordered, hi_i, axis=-1)[..., 0]
         out[quantile_name(p)] = jnp.where(n > 0, a + (b - a) * (pos - lo), jnp.nan)
     return out
+
+
+def sort_keys(x: Array) -> Array:
+    """Signed integers that order as the floats ``x`` do (``-0`` just below ``+0``; no NaN):
+    the float's bits, with the magnitude bits flipped for negative numbers. Same shape."""
+    bits = jax.lax.bitcast_convert_type(x, _int_of(x.dtype))
+    sign_fill = jax.lax.shift_right_arithmetic(bits, jnp.asarray(bits.dtype.itemsize * 8 - 1,
+                                                                  bits.dtype))
+    return bits ^ (sign_fill & jnp.asarray(jnp.iinfo(bits.dtype).max, bits.dtype))
+
+
+def from_sort_keys(keys: Array, dtype) -> Array:
+    """The inverse of ``sort_keys``."""
+    return jax.lax.bitcast_convert_type(sort_keys(jax.lax.bitcast_convert_type(keys, dtype)), dtype)
+
+
+def _int_of(dtype):
+    return {4: jnp.int32, 8: jnp.int64}[jnp.dtype(dtype).itemsize]
