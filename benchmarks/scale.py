@@ -166,8 +166,8 @@ def step_metrics(ev: Ev, ev_next: Ev, dz, ax, xp) -> dict:
     """``diagnostics.step_metrics``, per seed: the cancellation-free entropy and KL changes of
     ``softmax.entropy_change`` / ``kl_change`` (the tilted forms, and the direct ones on states
     whose centred change exceeds ``TILT_MAX``), the covariance prediction, T1's and T2's
-    quantities. With numpy the direct forms are computed only when some state needs them; with
-    jax.numpy always (a ``where``, as the engine does)."""
+    quantities (docs/theory.md §2). With numpy the direct forms are computed only when some state
+    needs them; with jax.numpy always (a ``where``, as the engine does)."""
     pi, log_pi, occ = ev.pi, ev.log_pi, ev.occ
     u = dz - _ra(pi * dz, ax)
     large = xp.abs(u).max(axis=ax.a, keepdims=True) > TILT_MAX
@@ -215,7 +215,8 @@ def cov_log_pi(ev: Ev, x, ax):
 
 
 def npg_closed(ev: Ev, eta, tau, ax):
-    """T4, NPG: ``sum_s d(s) (-eta) [Cov(log pi, Q_tau) - tau Var(log pi)]``."""
+    """T4 (docs/theory.md §3.4), NPG:
+    ``sum_s d(s) (-eta) [Cov(log pi, Q_tau) - tau Var(log pi)]``."""
     closed = cov_log_pi(ev, ev.q, ax)
     if tau is not None:
         lc = ev.log_pi + ev.ent
@@ -352,8 +353,9 @@ def numpy_aepo(r, rho, theta, hp, batch, group, steps, uniforms, pass_at=(1, 8))
     is ``(1/N) [sum_i A_i grad log pi(a_i|s_i) + alpha sum_j R_j grad log pi(a_j|s_j)]`` over
     GRPO's ``N = batch * group`` tokens and the first ``k`` positive responses ``j`` of a second
     batch drawn at ``T`` (``T_high``, ``k = pos_up`` while ``H < entropy_target``, else ``T_low``,
-    ``pos_down``). Also Theorem 4.3's columns (``diagnostics.temperature_law``, with the ``T``
-    derivative of ``softmax(theta / T)`` at 1 written out: ``-pi (theta - E_pi theta)``) and pass@k.
+    ``pos_down``). Also Theorem 4.3's columns (docs/theory.md §4.2; ``diagnostics.temperature_law``,
+    with the ``T`` derivative of ``softmax(theta / T)`` at 1 written out: ``-pi (theta - E_pi theta)``)
+    and pass@k.
     ``uniforms(t)``: ``{prompt, action, reg_prompt, reg_action}``, ``[M, N]`` and ``[M, G, N]``."""
     ax = SEEDS_LAST
     num_states, num_actions, n = theta.shape

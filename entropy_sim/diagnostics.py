@@ -1,7 +1,8 @@
 """Per-step diagnostics: the entropy change the covariance law predicts next to the realized one.
 
-Row ``k`` describes the update ``pi_k -> pi_{k+1}`` (THEORY.md sections 2 and 3). All state
-quantities are aggregated with the occupancy ``d_k`` of ``pi_k`` unless said otherwise.
+Row ``k`` describes the update ``pi_k -> pi_{k+1}`` (docs/theory.md §2, §3; §11 maps every column
+to its formula). All state quantities are aggregated with the occupancy ``d_k`` of ``pi_k`` unless
+said otherwise.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def pass_at_k(success: Array, rho: Array, ks: tuple[int, ...]) -> dict[str, Arra
 
 def temperature_law(ev: Evaluation, theta: Array, temp: Array, eta: Array,
                     horizon: Array = 1.0) -> dict[str, Array]:
-    """AEPO's Theorem 4.3 at this step. Per state, with ``Q`` and ``d`` the action values and
-    occupancy of ``pi`` (the reward ``R`` and ``rho`` in a contextual bandit):
+    """Theorem 4.3 of the AEPO paper (Wang et al. 2025; docs/theory.md §4.2) at this step. Per
+    state, with ``Q`` and ``d`` the action values and occupancy of ``pi`` (the reward ``R`` and
+    ``rho`` in a contextual bandit):
 
         DeltaH_s(T) = -eta h d(s) sum_b pi_T(b|s) Q(s, b) Cov_pi(theta, 1[. = b] - pi),
 

@@ -1,4 +1,4 @@
-"""Exact (expected-gradient) update rules for tabular softmax policies. THEORY.md sections 3 and 4.
+"""Exact (expected-gradient) update rules for tabular softmax policies. docs/theory.md §3, §4.
 
 Each rule (exact here, sampled in ``sampled.py``) is one pure, unbatched function
 
@@ -55,8 +55,9 @@ def pg_closed(ev: Evaluation, env, eta: Array) -> Array:
 
 
 def npg(theta, opt_state, ev: Evaluation, env, hp, key, opt):
-    """Natural policy gradient, seed convention ``dz[s, a] = eta * A_tau(s, a)`` (Cen et al. 2021
-    with ``tau > 0``; Agarwal et al.'s ``eta'`` is ``eta (1 - gamma)``).
+    """Natural policy gradient in the project's convention (docs/theory.md §3.7),
+    ``dz[s, a] = eta * A_tau(s, a)`` (Cen et al. 2021 with ``tau > 0``; Agarwal et al.'s ``eta'`` is
+    ``eta (1 - gamma)``).
 
     Closed form (T4): ``-eta Cov(log pi, A)``; with ``tau > 0``
     ``-eta [Cov(log pi, Q_tau) - tau Var(log pi)]``.
@@ -68,8 +69,9 @@ def npg(theta, opt_state, ev: Evaluation, env, hp, key, opt):
 
 
 def temp_reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int = 0):
-    """Temperature-guided REINFORCE (AEPO Assumption 4.2): responses drawn from
-    ``pi_T = softmax(theta / T)``, score function at ``T = 1``, no importance correction.
+    """Temperature-guided REINFORCE (Assumption 4.2 of the AEPO paper, docs/theory.md §4.1):
+    responses drawn from ``pi_T = softmax(theta / T)``, score function at ``T = 1``, no importance
+    correction.
 
     With ``batch = 0`` the step is its expectation,
 

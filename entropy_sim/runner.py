@@ -68,7 +68,8 @@ def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
     ev_next = env.evaluate(theta_next, tau)
     metrics = step_metrics(state.ev, ev_next, theta_next - state.theta)
     metrics.update(info)
-    if opt_name != "sgd":  # the T4 closed forms describe the plain gradient step only
+    # The T4 closed forms (docs/theory.md §3.4) describe the plain gradient step only.
+    if opt_name != "sgd":
         metrics["dH_pred_closed"] = jnp.full_like(metrics["dH_pred_closed"], jnp.nan)
     if "tau" in hp:
         metrics["return_reg"] = state.ev.ret_reg

@@ -4,8 +4,9 @@ Same signature as the exact rules (``rules.py``); the static options (``batch``,
 ``epochs``, ``baseline``) fix the shapes. Samples come from ``env.sample`` (inverse-CDF draws,
 ``sampling.py``) and enter an update only through per-token weights, so a step costs
 ``O(tokens + S A)``; REINFORCE-type rules on a plain bandit read the same draws as counts and
-reward sums per arm (``env.tally``, through ``sampling.response_table``). THEORY.md section 4
-gives the formulas; the choices the papers leave open are stated in each docstring.
+reward sums per arm (``env.tally``, through ``sampling.response_table``). docs/theory.md §4 and §5
+give the formulas and the expected steps; the choices the papers leave open are stated in each
+docstring.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def grpo(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, gro
     is GRPO's ``1/G sum_i 1/|o_i| sum_t`` since every response of an environment has the same
     length. With ``epochs = 1`` the ratio is 1 at the only gradient and clipping never acts.
 
-    ``variant`` adds (THEORY.md section 4):
+    ``variant`` adds (docs/theory.md §4):
 
     - ``entropy_reg``: ``+ lambda * (token mean of H(pi(.|s_t)))``, differentiated through ``pi``.
     - ``entropy_adv`` (Cheng et al. 2025): ``A + min(beta H_old(s_t), |A| / kappa)`` per token.
@@ -106,7 +107,8 @@ def grpo(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, gro
       and ``pos_down``. ``aepo_t1``: the same at ``T = 1`` (ablation eq. 2); ``aepo_adv``: the second
       batch's group advantage in place of ``R``, negative samples kept (ablation eq. 3).
 
-    No closed form exists for the expected step: ``dH_pred_closed`` is NaN.
+    The package computes no closed form of the expected step (docs/theory.md §5.4 derives one for
+    plain GRPO with binary rewards and one epoch): ``dH_pred_closed`` is NaN.
     """
     k_batch, k_reg, k_select = jax.random.split(key, 3)
     sample = env.sample(k_batch, theta, batch, group)

@@ -3,7 +3,7 @@
 Every function acts on the last axis, so it takes one distribution ``[A]`` or a batch
 ``[..., A]`` alike. Inputs are logits ``theta`` or probabilities ``pi``; log-probabilities are
 always computed with ``log_softmax`` so one-hot policies stay finite.
-Conventions follow THEORY.md section 1: natural logarithm, entropy not divided by ``|A|``.
+Conventions follow docs/theory.md §1: natural logarithm, entropy not divided by ``|A|``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def renyi2(pi: Array) -> Array:
 
 
 def grad_sq_norm(pi: Array) -> Array:
-    """T1: ``E_{a~pi} ||grad_z log pi(a)||^2 = 1 - sum_a pi_a^2``. ``[..., A] -> [...]``."""
+    """T1 (docs/theory.md §2.2): ``E_{a~pi} ||grad_z log pi(a)||^2 = 1 - sum_a pi_a^2``.
+    ``[..., A] -> [...]``."""
     return 1.0 - jnp.sum(pi * pi, axis=-1)
 
 
@@ -47,7 +48,7 @@ def cov(pi: Array, x: Array, y: Array) -> Array:
 
 def indicator_cov(pi: Array, x: Array) -> Array:
     """``Cov_pi(x, 1[. = b] - pi)`` for every action ``b``: ``pi_b (x_b - E_pi x) - Cov_pi(x, pi)``
-    (T4's temperature-REINFORCE row). ``[..., A] -> [..., A]``."""
+    (T4's temperature-REINFORCE row, docs/theory.md §3.4). ``[..., A] -> [..., A]``."""
     centred = x - mean(pi, x)[..., None]
     return pi * centred - cov(pi, x, pi)[..., None]
 
@@ -64,7 +65,8 @@ def kl(log_p: Array, log_q: Array) -> Array:
 
 
 def kl_bound(pi: Array, ent: Array, dz: Array) -> Array:
-    """T2's bound ``(|A|/2) ||dz||_inf^2 (1 - exp(-H(pi)))`` on ``KL(pi_next || pi)``.
+    """T2's bound (docs/theory.md §2.4) ``(|A|/2) ||dz||_inf^2 (1 - exp(-H(pi)))`` on
+    ``KL(pi_next || pi)``.
 
     ``pi, dz: [..., A]``, ``ent: [...]`` -> ``[...]``.
     """
@@ -73,7 +75,7 @@ def kl_bound(pi: Array, ent: Array, dz: Array) -> Array:
 
 
 def entropy_grad(pi: Array, log_pi: Array) -> Array:
-    """``dH/dz_a = -pi_a (log pi_a + H)`` (THEORY.md section 2). ``[..., A] -> [..., A]``."""
+    """``dH/dz_a = -pi_a (log pi_a + H)`` (docs/theory.md §2.3). ``[..., A] -> [..., A]``."""
     ent = -mean(pi, log_pi)
     return -pi * (log_pi + ent[..., None])
 

@@ -1,6 +1,7 @@
-"""Experiment 1: the covariance law predicts the entropy change of every update rule (THEORY.md T3).
+"""Experiment 1: the covariance law predicts the entropy change of every update rule
+(T3, docs/theory.md §3).
 
-Claim (T3; seeds 000-002, Cui et al. 2025): any update ``dz`` of a softmax policy changes its
+Claim (T3; Cui et al. 2025): any update ``dz`` of a softmax policy changes its
 entropy by ``dH = -Cov_{a~pi}(log pi(a), dz(a)) + O(dz^2)``, state by state; the error is second
 order, so halving the step size quarters it. This holds for every rule, exact or sampled: the
 engine logs ``dH_pred_cov`` from the step's own realized ``dz``, so a sampled step is checked on
@@ -34,8 +35,9 @@ at step 0 the median ``|realized - predicted|`` grows as ``eta^2`` (log-log slop
 relative error at the smallest step size is about 1% or less; the signs agree on more than 99% of
 the steps, and the correlation at the training step size is above 0.97. On the token tree the
 within-state change follows T3 with a second-order error, while the shift is first order (slope 1)
-and carries a sizeable part of the realized change at the training step size: seed 001's
-"negligible" shift is not negligible in general (THEORY.md section 6).
+and carries a sizeable part of the realized change at the training step size: the shift that one
+of our starting derivations calls negligible is not negligible in general (docs/theory.md §3.2,
+§10).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Experiment 2: entropy collapse under PG, NPG and REINFORCE (THEORY.md section 3).
+"""Experiment 2: entropy collapse under PG, NPG and REINFORCE (docs/theory.md §3).
 
 Claim: softmax policy gradient (PG), natural policy gradient (NPG) and sampled REINFORCE all drive
 the policy entropy down, on bandits, contextual bandits, MDPs and the token tree alike, because
@@ -6,7 +6,8 @@ the covariance ``Cov_pi(log pi, dz)`` of their updates is positive almost all th
 ``-eta Cov(log pi, pi A)`` for PG, ``-eta Cov(log pi, A)`` for NPG). Where the occupancy moves
 (MDP, token tree) the entropy ``H = sum_s d(s) H(s)`` changes by ``within + shift``, with
 ``within = sum_s d_k(s) [H_{k+1}(s) - H_k(s)]`` and ``shift = sum_s (d_{k+1} - d_k)(s) H_{k+1}(s)``.
-Seed 001 calls the shift negligible (second order); THEORY.md section 3 says it is first order.
+One derivation we started from calls the shift negligible (second order); it is first order
+(docs/theory.md §3.2, §10).
 
 Set-up: one fixed environment of each kind: a 10-armed bandit, a contextual bandit (4 contexts x
 6 actions; means written out in the TOML file, Bernoulli rewards when sampled), a chain MDP
@@ -36,8 +37,9 @@ pairs (at most 0.29 of it: NPG on the token tree, which keeps its entropy betwee
 continuations; 0.01-0.23 elsewhere). Positive covariance at 95-99% of the moving steps of PG and
 NPG (the first steps from random logits are a coin toss) and at 66-94% of REINFORCE's (a batch of
 8 is noisy, but the drift is down). In the chain MDP the shift is first order: the ratio
-``sum |shift| / sum |within|`` is the same at half the step size (0.97-0.99 of it), as THEORY.md
-says and seed 001 does not, and it is not small: 0.11 under PG (the shift carries 9% of the net
+``sum |shift| / sum |within|`` is the same at half the step size (0.97-0.99 of it), as
+docs/theory.md §3.2 says and that derivation does not, and it is not small: 0.11 under PG (the
+shift carries 9% of the net
 entropy drop), 1.9 under NPG (67%: most of the drop comes from the occupancy moving
 along the chain, not from the states' own entropies), 8% of the net drop under REINFORCE; in the token tree the shift carries
 12-23%. (On random Garnet MDPs with a uniform start, tried while designing this experiment, the

@@ -1,4 +1,4 @@
-"""Experiment 3: the gradient norm and the one-step KL (THEORY.md T1, T2).
+"""Experiment 3: the gradient norm and the one-step KL (T1, T2: docs/theory.md §2).
 
 Claim (T1): ``E_{a~pi} ||grad_z log pi(a)||^2 = 1 - exp(-H_2(pi)) <= 1 - exp(-H(pi))``: low entropy
 means small policy gradients. Claim (T2): ``KL(pi_next || pi) = Var_pi(dz) / 2 + O(dz^3)`` and

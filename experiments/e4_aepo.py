@@ -1,4 +1,6 @@
-"""Experiment 4: temperature-guided REINFORCE and AEPO (THEORY.md section 4; AEPO paper, seed 003).
+"""Experiment 4: temperature-guided REINFORCE and AEPO (docs/theory.md §4; the AEPO paper,
+Wang et al. 2025, "Arbitrary Entropy Policy Optimization Breaks the Exploration Bottleneck of
+Reinforcement Learning").
 
 Claim (Theorem 4.3, Fig. 2): REINFORCE on samples drawn at temperature ``T`` (score at ``T = 1``)
 raises the entropy when ``T > 1`` and lowers it when ``T < 1``; where ``DeltaH(1) < 0``,

@@ -1,4 +1,4 @@
-"""Experiment 5: convergence rates from the literature (THEORY.md sections 3 and 5).
+"""Experiment 5: convergence rates from the literature (docs/theory.md §3.7, §6).
 
 Claim (Mei et al. 2020, exact softmax PG on a bandit): the suboptimality ``r* - J(pi_t)`` falls as
 ``O(1/t)``, below their bound ``5 / (c^2 t)`` (step ``eta = 2/5``, rewards in [0, 1],
@@ -13,10 +13,11 @@ at the optimum the step is ``I - eta tau F`` with ``F = diag(pi*) - pi* pi*^T``,
 contracts by ``1 - eta tau lambda_2(F)`` per step.
 
 Claim (Cen et al. 2021, entropy-regularised NPG): linear convergence with factor
-``1 - eta_Cen tau`` per step, for ``eta_Cen <= (1 - gamma) / tau``. Conventions (THEORY.md 3): the
-seed's ``theta += eta A_tau`` is Cen's step with ``eta_Cen = (1 - gamma) eta``. Their factor is a
-global guarantee: ``J*_tau - J_tau(pi_{t+1}) <= (2 + gamma) C1 (1 - eta_Cen tau)^t`` (from their
-bounds on ``Q`` and ``log pi``, since ``V* - V = pi (Q* - Q) + tau KL(pi || pi*)``). Locally the
+``1 - eta_Cen tau`` per step, for ``eta_Cen <= (1 - gamma) / tau``. Conventions
+(docs/theory.md §3.7): the project's ``theta += eta A_tau`` is Cen's step with
+``eta_Cen = (1 - gamma) eta``. Their factor is a global guarantee:
+``J*_tau - J_tau(pi_{t+1}) <= (2 + gamma) C1 (1 - eta_Cen tau)^t`` (from their bounds on ``Q`` and
+``log pi``, since ``V* - V = pi (Q* - Q) + tau KL(pi || pi*)``). Locally the
 ``Q`` error is second order in the policy error, so ``log pi_{k+1} - log pi* = (1 - eta tau)
 (log pi_k - log pi*)`` to first order: the local factor is ``1 - eta tau = 1 - eta_Cen tau / (1 -
 gamma)``, equal to Cen's at ``gamma = 0`` (a bandit) and faster on an MDP.
@@ -70,7 +71,7 @@ CHECKS = {
     # max over gamma and eta of |log f_measured / log(1 - eta tau) - 1|.
     "npg_entropy_rate_rel_error": (0.0, 0.01),
     # gamma = 0.9: (1 - f_measured) / (eta_Cen tau), min and max over eta: 1 / (1 - gamma) = 10
-    # when the seed's eta is Cen's eta / (1 - gamma); 1 if the conventions were mixed up.
+    # when the project's eta is Cen's eta / (1 - gamma); 1 if the conventions were mixed up.
     "npg_entropy_speedup_g09_min": (9.5, 10.5),
     "npg_entropy_speedup_g09_max": (9.5, 10.5),
     # max over gamma, eta and k >= 1 of gap_k / ((2 + gamma) C1 (1 - eta_Cen tau)^(k-1)).
@@ -282,7 +283,7 @@ def _npg_entropy(ctx: Context, ax_curves, ax_factor, claims) -> None:
         ax_curves.legend(frameon=False, loc="center right")
     ax_factor.plot(x, 1 - x, color="0.2", linewidth=1.2,
                    label="local factor 1 − ητ = 1 − η_Cen τ/(1−γ)\n(= Cen et al.'s at γ = 0)")
-    ax_factor.set(xlim=(0, 0.55), ylim=(0.4, 1.01), xlabel="ητ (seed convention; η_Cen = (1−γ)η)",
+    ax_factor.set(xlim=(0, 0.55), ylim=(0.4, 1.01), xlabel="ητ (our convention; η_Cen = (1−γ)η)",
                   ylabel="per-step factor of the policy error",
                   title="Entropy NPG: measured factor vs prediction")
     ax_factor.legend(frameon=False, loc="lower left")

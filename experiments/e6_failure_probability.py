@@ -1,5 +1,5 @@
 """Experiment 6: the probability that sampled policy gradient locks onto a suboptimal action
-(THEORY.md section 5).
+(docs/theory.md §6.5).
 
 Claim: sampled REINFORCE (rule ``reinforce``) and on-policy stochastic NPG (rule ``sampled_npg``,
 importance-weighted estimates ``dz[a] = eta (R - b) / pi(a)`` of the drawn arm) without a baseline

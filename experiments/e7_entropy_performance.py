@@ -1,6 +1,6 @@
 """Experiment 7: the entropy-performance law ``R = -a exp(H) + b`` (Cui et al. 2025).
 
-Claim (Cui et al. 2025, THEORY.md section 4): across the checkpoints of an RL run without entropy
+Claim (Cui et al. 2025, docs/theory.md §4.5): across the checkpoints of an RL run without entropy
 intervention, performance and entropy are tied by ``R = -a exp(H) + b``: return is bought with
 entropy (``a > 0``), the coefficients depend on the model and the data rather than on the
 algorithm, and the ceiling is predictable: ``R = b - a`` once entropy is exhausted (``H = 0``).

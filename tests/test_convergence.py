@@ -1,4 +1,5 @@
-"""Convergence results from the literature (THEORY.md sections 3 and 5), checked on exact dynamics.
+"""Convergence results from the literature (docs/theory.md §3.6, §3.7, §6), checked on exact
+dynamics.
 
 Reference values are closed forms (softmax(r / tau), asymptotic rates from the linearised update),
 independent numpy iterations, or value iteration written here; none comes from earlier package output.
@@ -226,7 +227,8 @@ def test_entropy_regularised_npg_error_contracts_by_one_minus_eta_tau_per_step(e
 def test_entropy_regularised_npg_on_an_mdp_satisfies_cen_et_al_linear_convergence_bounds(
         garnet, eta_cen_tau):
     gamma, tau, steps = float(garnet.gamma), 0.2, 60
-    eta_cen = eta_cen_tau * (1 - gamma) / tau  # Cen et al.'s step; the seed convention divides by 1-gamma
+    # Cen et al.'s step; the project's divides by 1 - gamma (docs/theory.md §3.7).
+    eta_cen = eta_cen_tau * (1 - gamma) / tau
     q_star = value_iteration(garnet.P, garnet.r, gamma, tau)
     log_pi_star = log_softmax(q_star / tau)
     theta0 = np.random.default_rng(2).standard_normal((5, 3))

@@ -1,4 +1,4 @@
-"""Exact evaluation of the environments against independent computations (THEORY.md section 1).
+"""Exact evaluation of the environments against independent computations (docs/theory.md §1).
 
 Every expected value here is computed in plain numpy inside the test: iterative policy evaluation
 and power-series occupancies for MDPs, brute-force enumeration of all ``V^L`` responses for the

@@ -1,6 +1,6 @@
 """Every experiment at quick size: its numeric claims hold, and its result folder is complete.
 
-A regression in the engine that breaks a claim of the source documents fails here. The bounds
+A regression in the engine that breaks a claim of docs/theory.md fails here. The bounds
 are each experiment's ``CHECKS``; ``test_checks_can_fail`` shows the evaluation rejects values
 outside them.
 """

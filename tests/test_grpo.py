@@ -1,11 +1,12 @@
-"""GRPO and its entropy-control variants (THEORY.md section 4), checked against independent computations.
+"""GRPO and its entropy-control variants (docs/theory.md §4, §5), checked against independent
+computations.
 
 A sampled rule draws its batches from its key (``k_batch, k_reg, k_select = split(key, 3)``; the
 GRPO batch is ``env.sample(k_batch, theta, batch, group)``, AEPO's second batch
 ``env.sample(k_reg, theta / T, batch, group)``). The tests redraw those batches with the
 environment's sampler and recompute every expected step here in numpy, from the formulas of
-THEORY.md section 4: group-normalised advantages, score vectors ``e_a - pi(.|s)`` per token, PPO's
-clipped ratio, Cui et al.'s covariance ``c``, AEPO's positive samples. Nothing is compared with the
+docs/theory.md §4 and §5: group-normalised advantages, score vectors ``e_a - pi(.|s)`` per token,
+PPO's clipped ratio, Cui et al.'s covariance ``c``, AEPO's positive samples. Nothing is compared with the
 package's own earlier output except where a property says two rules must agree.
 
 Each rule step runs inside one ``jax.jit`` (eager JAX compiles every primitive for every shape).
@@ -490,8 +491,8 @@ def test_clip_cov_never_counts_or_detaches_tokens_ppo_already_clipped(name):
 
 @pytest.mark.parametrize("name", ENVS)
 def test_kl_cov_at_one_epoch_is_grpo_without_clipping_its_penalty_has_zero_gradient_on_policy(name):
-    # On-policy, log pi = log pi_old: the penalty beta |log pi - log pi_old| is 0 and (THEORY.md
-    # section 4, the rule's docstring) so is its gradient: one epoch of KL-Cov is GRPO unclipped.
+    # On-policy, log pi = log pi_old: the penalty beta |log pi - log pi_old| is 0 and (the rule's
+    # docstring, docs/theory.md §4.4) so is its gradient: one epoch of KL-Cov is GRPO unclipped.
     eta, frac, beta = 2.0, 0.1, 1.0
     for seed in range(3):
         sample, _ = draws(name, seed)

@@ -21,8 +21,9 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # name -> {variable left by the notebook: (low, high)}, checked after a quick run.
 CHECKS = {
     "covariance_law": {
-        "corr": (0.99, 1.0),         # T3 at eta <= 0.4 (0.9975 at quick size); a wrong sign or a
-                                     # missing factor in dH_pred_cov or dH_realized breaks it
+        "corr": (0.99, 1.0),         # T3 at eta <= 0.4 (0.9975 at quick size); a wrong sign or
+                                     # a missing factor in dH_pred_cov or dH_realized breaks it
+                                     # (T3: docs/theory.md §3)
         "slope": (1.8, 2.2),         # error ~ eta^2 (2.008); an error of first order gives 1
         "corr_within": (0.98, 1.0),  # T3 predicts the within-state part on the chain (0.994)
         "shift_share": (0.1, 0.6),   # the shift is a sizeable first-order term there (0.29);
@@ -37,7 +38,7 @@ CHECKS = {
         "grpo_final_entropy": (0.0, 0.5),  # GRPO collapses from 1.71 (0.22 at quick size)
         "aepo_miss": (0.0, 0.15),          # AEPO ends near targets 0.5 and 1 (largest miss 0.04);
                                            # with its temperatures swapped it would collapse
-        "thm43_violations": (0, 0),        # Theorem 4.3 on every row
+        "thm43_violations": (0, 0),        # Theorem 4.3 (docs/theory.md §4.2) on every row
         "fd_corr": (0.99, 1.0),            # dH_dT against a central difference in T (0.9997)
         "hot_minus_cold": (0.5, 2.1),      # T = 1.2 ends far above T = 0.8 (1.35; log 8 = 2.08)
     },

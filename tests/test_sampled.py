@@ -1,4 +1,4 @@
-"""Sampled update rules against their exact expectations (THEORY.md sections 1, 3 and 4).
+"""Sampled update rules against their exact expectations (docs/theory.md §1, §3, §4, §5).
 
 Every sampled check averages ``N`` independent calls of a rule, each on its own key, inside one
 ``jax.jit`` and compares the Monte Carlo mean with its exact expectation: ``h d pi A`` from the exact
@@ -44,7 +44,8 @@ def hparams(**kw):
 
 
 def ref_cov(p, x, y):
-    """THEORY.md's definition, uncentred: ``sum p x y - (sum p x)(sum p y)`` (last axis)."""
+    """The definition of docs/theory.md §1.4, uncentred: ``sum p x y - (sum p x)(sum p y)``
+    (last axis)."""
     return jnp.sum(p * x * y, -1) - jnp.sum(p * x, -1) * jnp.sum(p * y, -1)
 
 
@@ -138,7 +139,7 @@ BASELINES = ("none", "mean", "loo", "value")
 
 
 def t4_pg_closed(env, theta, eta):
-    """T4's PG row aggregated as the package documents it (rules.py, THEORY.md section 3's
+    """T4's PG row aggregated as the package documents it (rules.py, docs/theory.md §3.2's
     ``within``): ``sum_s d(s) dH(s)`` with ``dH(s) = -eta h d(s) Cov_pi(log pi, pi A)``, i.e. T3
     on the expected ``dz = eta h d pi A``. The occupancy therefore enters squared."""
     log_pi = jax.nn.log_softmax(theta, axis=-1)
@@ -283,7 +284,7 @@ def test_sampled_temperature_reinforce_averages_to_its_exact_expectation(name, t
 # --------------------------------------------------------------------------------------------
 
 def delta_h(theta, r, temp, eta):
-    """THEORY.md T4's last row for one bandit state, written from the definitions:
+    """T4's last row (docs/theory.md §3.4) for one bandit state, written from the definitions:
     ``DeltaH(T) = -eta sum_{b in A*} pi_T(b) Cov_pi(theta, 1[. = b] - pi)``, binary ``r`` masking
     the incorrect ``b``. ``theta, r: [A]``."""
     pi = jax.nn.softmax(theta)
@@ -636,7 +637,7 @@ def test_reinforce_from_the_tally_takes_the_step_of_its_draws_one_by_one(baselin
 
 
 # --------------------------------------------------------------------------------------------
-# Stochastic NPG: importance-weighted estimates average to Q - b (THEORY.md section 5)
+# Stochastic NPG: importance-weighted estimates average to Q - b (docs/theory.md §5.3)
 # --------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames="n")

@@ -308,7 +308,8 @@ def test_mark_mode_flags_the_rows_and_goes_on():
 # ----------------------------------------------------------------------------- float64
 
 def test_float64_follows_the_eta_squared_law_where_float32_cannot():
-    """T3's error |dH_realized - dH_pred_cov| is second order: err / eta^2 is constant as eta -> 0.
+    """T3's error |dH_realized - dH_pred_cov| is second order (docs/theory.md §3.1): err / eta^2 is
+    constant as eta -> 0.
     In float64 it stays constant down to eta = 1e-6; float32's rounding (relative 1e-7 of
     the change itself) swamps it there."""
     etas = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]

@@ -1,6 +1,6 @@
-"""The maths contract of THEORY.md sections 1-3, checked against the package.
+"""The mathematics of docs/theory.md §1, §2 and §3, checked against the package.
 
-Every expected value is a closed form of THEORY.md or an independent computation written here:
+Every expected value is a closed form of docs/theory.md or an independent computation written here:
 ``jax.grad`` / ``jax.jacobian`` of exact objectives coded in this file, linear solves and truncated
 power series for MDPs, brute-force enumeration of every response for the token tree. Nothing is
 compared with the package's own earlier output.
@@ -28,7 +28,7 @@ from entropy_sim.runner import init_state, step  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
-# Independent reference maths (THEORY.md section 1), written without the package.
+# Independent reference maths (docs/theory.md §1), written without the package.
 # --------------------------------------------------------------------------------------------
 
 def ref_policy(theta):
@@ -39,7 +39,7 @@ def ref_policy(theta):
 
 
 def ref_cov(p, x, y):
-    """THEORY.md's definition, uncentred: ``sum p x y - (sum p x)(sum p y)``."""
+    """The definition of docs/theory.md §1.4, uncentred: ``sum p x y - (sum p x)(sum p y)``."""
     return jnp.sum(p * x * y, -1) - jnp.sum(p * x, -1) * jnp.sum(p * y, -1)
 
 
@@ -404,7 +404,7 @@ def test_token_tree_evaluation_matches_brute_force_enumeration_of_all_responses(
     success = jnp.sum(ref["prob"] * env.reward, -1)
     close(ev.success, success, rtol=1e-10, atol=1e-15)
     close(ev.ret, env.rho @ success, rtol=1e-10, atol=1e-15)
-    # THEORY.md: per-token entropy E_o[(1/L) sum_t H(o_<t)] = sum_s d(s) H(s).
+    # docs/theory.md §1.6: per-token entropy E_o[(1/L) sum_t H(o_<t)] = sum_s d(s) H(s).
     close(ev.entropy, ref["per_token_ent"], rtol=1e-10)
 
 
@@ -484,7 +484,7 @@ def test_pg_rule_is_entropy_regularised_pg_at_tau_zero_and_scales_linearly_with_
 
 
 # --------------------------------------------------------------------------------------------
-# Each rule's dz against THEORY.md's T4 table, from independent values
+# Each rule's dz against the T4 table (docs/theory.md §3.4), from independent values
 # --------------------------------------------------------------------------------------------
 
 TABLE_RULES = [("pg", 0.0), ("npg", 0.0), ("pg_entropy", 0.3), ("npg_entropy", 0.3)]

@@ -1,6 +1,6 @@
 """Contextual bandits (prompts ``s ~ rho``, one action, reward ``r[s, a]``); a bandit is ``S = 1``.
 
-THEORY.md section 1: the MDP with ``gamma = 0``, occupancy ``d = rho``, ``Q = r``.
+docs/theory.md §1.6: the MDP with ``gamma = 0``, occupancy ``d = rho``, ``Q = r``.
 """
 
 from __future__ import annotations

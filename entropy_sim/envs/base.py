@@ -13,7 +13,7 @@ Array = jax.Array
 class Evaluation(NamedTuple):
     """Exact quantities of the policy ``pi = softmax(theta)`` in one environment.
 
-    With ``tau > 0`` the values are the entropy-regularised (soft) ones of THEORY.md section 3:
+    With ``tau > 0`` the values are the entropy-regularised (soft) ones of docs/theory.md §3.6:
     ``V_tau(s) = sum_a pi(a|s) (Q_tau(s,a) - tau log pi(a|s))`` and
     ``A_tau = Q_tau - tau log pi - V_tau``; with ``tau = 0`` they are the usual ``Q, V, A``.
     """
@@ -21,7 +21,7 @@ class Evaluation(NamedTuple):
     pi: Array       # [S, A] pi(a|s)
     log_pi: Array   # [S, A] log pi(a|s)
     ent: Array      # [S] H(pi(.|s)), natural log
-    occ: Array      # [S] occupancy d(s) of THEORY.md section 1; sums to 1
+    occ: Array      # [S] occupancy d(s) of docs/theory.md §1.5; sums to 1
     q: Array        # [S, A] Q_tau(s, a)
     v: Array        # [S] V_tau(s)
     adv: Array      # [S, A] A_tau(s, a)

@@ -18,7 +18,7 @@ Array = jax.Array
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TabularMDP:
-    """A discounted MDP. THEORY.md section 1:
+    """A discounted MDP (docs/theory.md §1.5):
 
     ``V = (I - gamma P_pi)^-1 r_pi``, ``Q = r + gamma P V``, ``A = Q - V``,
     ``d_mu = (1 - gamma) mu^T (I - gamma P_pi)^-1``, ``J = mu^T V``.

@@ -3,7 +3,7 @@
 Vocabulary ``V``, response length ``L``, ``P`` prompts. The states of one prompt are its prefixes
 ``o_<t`` for ``t = 0..L-1`` (``(V^L - 1) / (V - 1)`` of them), actions are next tokens, transitions
 are deterministic, and a complete response ``o`` earns reward 1 if it is in the prompt's set of
-correct answers, else 0; ``gamma = 1``. THEORY.md section 1.
+correct answers, else 0; ``gamma = 1``. docs/theory.md §1.6.
 
 Layout of ``theta: [S, V]`` with ``S = P * num_nodes``: prompt-major; within a prompt, level ``t``
 (prefixes of length ``t``) fills rows ``offset[t] .. offset[t] + V^t`` and the prefix
