@@ -70,6 +70,31 @@ def test_summary_mode_matches_the_statistics_of_the_per_seed_run():
     np.testing.assert_allclose(summ.stats["cov_abs_error"]["mean"], np.abs(err).mean(1), rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_integer_sort_keys_order_like_the_floats_and_invert_bitwise(dtype):
+    """The summary's quantiles sort integer keys: their order must be the floats' order (with
+    -0 next to +0), and decoding must give back the same bits."""
+    from entropy_sim.summary import from_sort_keys, sort_keys
+
+    rng = np.random.default_rng(7)
+    tiny = np.finfo(dtype).smallest_subnormal
+    special = np.array([0.0, -0.0, np.inf, -np.inf, tiny, -tiny, np.finfo(dtype).max,
+                        -np.finfo(dtype).max, 1.0, -1.0], dtype)
+    x = np.concatenate([special, (rng.standard_normal(500) * 10.0 ** rng.integers(-30, 30, 500))
+                        .astype(dtype)])
+    with jax.enable_x64(dtype == np.float64):
+        keys = np.asarray(sort_keys(jax.numpy.asarray(x)))
+        back = np.asarray(from_sort_keys(jax.numpy.asarray(keys), x.dtype))
+    assert keys.dtype.itemsize == x.dtype.itemsize
+    ints = x.view(np.int64 if dtype == np.float64 else np.int32)
+    np.testing.assert_array_equal(back.view(ints.dtype), ints)
+    by_keys = x[np.argsort(keys, kind="stable")]
+    np.testing.assert_array_equal(by_keys, np.sort(x))  # -0.0 == 0.0 for the comparison
+    # -0 sorts just below +0, never after a positive number or before a negative one.
+    pos = {v: i for i, v in enumerate(np.argsort(keys, kind="stable"))}
+    assert pos[1] < pos[0] and pos[5] < pos[1] and pos[0] < pos[4]
+
+
 def test_unknown_quantile_metric_is_a_config_error_before_compiling():
     with pytest.raises(es.ConfigError, match="quantile_metrics.*'entropi'"):
         es.run({**SAMPLED, "output": "summary", "quantile_metrics": ["entropi"]}, progress=False)
