@@ -83,7 +83,10 @@ def test_readme_image_exists_and_is_small():
 def test_readme_benchmark_commands_exist_and_the_sampling_one_runs(tmp_path):
     """The Performance section's commands: every flag is one the script accepts (the full runs take
     minutes and are not unit tests), and the sampling benchmark runs end to end at a tiny size."""
-    lines = [b for b in blocks("text") if "benchmarks/" in b][0].strip().splitlines()
+    lines = [line for b in blocks("text") if "benchmarks/" in b for line in b.strip().splitlines()
+             if line.startswith("python benchmarks/")]
+    assert {shlex.split(line)[1] for line in lines} == {
+        "benchmarks/scale.py", "benchmarks/sampling.py", "benchmarks/accelerator.py"}
     for line in lines:
         argv = shlex.split(line.split("#")[0])
         script = ROOT / argv[1]
