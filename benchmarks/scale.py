@@ -346,7 +346,7 @@ AEPO_OMITTED = ()  # every column the engine logs for AEPO is computed (clip_fra
 
 
 def numpy_aepo(r, rho, theta, hp, batch, group, steps, uniforms, pass_at=(1, 8)) -> dict:
-    """AEPO (``sampled.grpo`` with ``variant = "aepo"``, ``epochs = 1``) on contextual bandits with
+    """AEPO (``objectives.policy_step`` with AEPO's pieces, ``epochs = 1``) on contextual bandits with
     binary rewards, ``SEEDS_LAST``: ``theta, r [S, A, N]``, ``rho [S]`` shared by the seeds.
 
     On-policy the ratio is exactly 1, so PPO's clip never acts and the gradient of the objective
@@ -457,7 +457,7 @@ def engine_uniforms_reinforce(keys, batch):
 
 def engine_uniforms_aepo(keys, batch, group):
     """As ``engine_uniforms_reinforce`` for AEPO: GRPO's batch under the step key's first split,
-    the regulariser's under its second (``sampled.grpo``)."""
+    the regulariser's under its second (``objectives.policy_step``)."""
     @jax.jit
     def draw(t):
         def one(key):

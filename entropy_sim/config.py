@@ -33,7 +33,7 @@ import numpy as np
 
 from entropy_sim import errors
 from entropy_sim.errors import ConfigError
-from entropy_sim.algorithms import HPARAMS, RULES
+from entropy_sim.algorithms import RULES
 from entropy_sim.optim import OPTIMIZERS
 
 ENV_KINDS = ("bandit", "contextual_bandit", "mdp", "token_tree")
@@ -372,36 +372,31 @@ def _resolve_algo(sec: Section, num_actions: int) -> dict:
         raise ConfigError("algo.name", f"unknown algorithm {name!r}; choose from {', '.join(RULES)}")
     sec.choice("optimizer", OPTIMIZERS, "sgd")
     spec = RULES[name]
-    for key, default in spec.hparams.items():
-        value = sec.raw(key, _REQUIRED if default is None else default)
+    for hparam in spec.hparams:
+        value = sec.raw(hparam.name, _REQUIRED if hparam.default is None else hparam.default)
         values = value if isinstance(value, list) else [value]
         if not values:
-            raise ConfigError(sec.field(key), "a sweep list needs at least one value")
+            raise ConfigError(sec.field(hparam.name), "a sweep list needs at least one value")
         for i, v in enumerate(values):
-            _check_hparam(sec.field(key) + (f"[{i}]" if isinstance(value, list) else ""), key, v)
-    for key, option in spec.options.items():
-        _resolve_option(sec, key, option)
-    _check_combinations(sec, name, num_actions)
-    known = {k for r in RULES.values() for k in (*r.hparams, *r.options)}
+            hparam.check(sec.field(hparam.name) + (f"[{i}]" if isinstance(value, list) else ""), v)
+    for option in spec.options:
+        _resolve_option(sec, option)
+    for check in spec.checks:
+        check(sec.resolved, num_actions)
+    known = {d.name for r in RULES.values() for d in (*r.hparams, *r.options)}
+    takes = [d.name for d in (*spec.hparams, *spec.options)]
     for key in sec.data:
-        if key in known and key not in spec.hparams and key not in spec.options:
+        if key in known and key not in takes:
             hint = f"; for entropy regularisation use {name}_entropy" if f"{name}_entropy" in RULES else ""
-            takes = ", ".join([*spec.hparams, *spec.options])
-            raise ConfigError(sec.field(key), f"{name} takes no {key}; it takes {takes}{hint}")
+            raise ConfigError(sec.field(key), f"{name} takes no {key}; it takes "
+                                              f"{', '.join(takes)}{hint}")
     sec.hints.update(known)
     return sec.finish()
 
 
-def _check_hparam(field: str, key: str, value) -> None:
-    """Range checks of one hyperparameter value (``algorithms.HPARAMS``)."""
-    low, high, low_open, high_open, whole, _ = HPARAMS[key]
-    value = errors.number(field, value, low=low, high=high, low_open=low_open, high_open=high_open)
-    if whole and value != int(value):
-        raise ConfigError(field, f"expected a whole number, got {value}")
-
-
-def _resolve_option(sec: Section, key: str, option) -> None:
+def _resolve_option(sec: Section, option) -> None:
     """A static option: one value, not a sweep (it fixes shapes, so each value compiles anew)."""
+    key = option.name
     if isinstance(sec.raw(key, option.default), list):
         raise ConfigError(sec.field(key), "is a static option (it fixes array shapes) and cannot "
                                           "be swept; run one config per value")
@@ -409,26 +404,6 @@ def _resolve_option(sec: Section, key: str, option) -> None:
         sec.choice(key, option.choices, option.default)
     else:
         sec.integer(key, option.default, minimum=option.minimum)
-
-
-def _check_combinations(sec: Section, name: str, num_actions: int) -> None:
-    """Checks that involve more than one field."""
-    def values(key):
-        value = sec.resolved[key]
-        return value if isinstance(value, list) else [value]
-
-    if "w_low" in sec.resolved and max(values("w_low")) >= min(values("w_high")):
-        raise ConfigError(sec.field("w_high"), f"must exceed w_low = {max(values('w_low'))}, got "
-                                               f"{min(values('w_high'))}")
-    if "entropy_target" in sec.resolved:
-        top = float(np.log(num_actions))
-        if max(values("entropy_target")) > top:
-            raise ConfigError(sec.field("entropy_target"),
-                              f"{max(values('entropy_target'))} exceeds the largest entropy "
-                              f"log({num_actions}) = {top:.4f}")
-    if sec.resolved.get("baseline") in ("mean", "loo") and sec.resolved["batch"] < 2:
-        raise ConfigError(sec.field("batch"), f"baseline = {sec.resolved['baseline']!r} needs "
-                                              f"batch >= 2, got {sec.resolved['batch']}")
 
 
 # ----------------------------------------------------------------------------- the Config object
@@ -486,7 +461,7 @@ class Config:
         the swept values of each grid point. Grid points are the Cartesian product of the sweep
         lists, the last list varying fastest."""
         algo = self._data["algo"]
-        names = list(RULES[algo["name"]].hparams)
+        names = [h.name for h in RULES[algo["name"]].hparams]
         axes = [algo[n] if isinstance(algo[n], list) else [algo[n]] for n in names]
         points = list(itertools.product(*axes))
         hparams = {n: np.array([p[i] for p in points], dtype=np.float64) for i, n in enumerate(names)}

@@ -12,11 +12,47 @@ import jax.numpy as jnp
 
 from entropy_sim import softmax
 from entropy_sim.envs.base import Evaluation
+from entropy_sim.parts import Column
 
 Array = jax.Array
 
+# The columns of every run: ``step_metrics`` and the rule's closed form (docs/theory.md §11).
+STEP_COLUMNS = (
+    Column("entropy", "H(pi_k) = sum_s d_k(s) H(pi_k(.|s)), natural log"),
+    Column("dH_realized", "H(pi_{k+1}) - H(pi_k) = dH_within + dH_shift"),
+    Column("dH_pred_cov", "-sum_s d_k(s) Cov_{pi_k}(log pi_k, dz): the covariance law T3 (§3.1)"),
+    Column("dH_within", "sum_s d_k(s) [H_{k+1}(s) - H_k(s)]: the change at fixed occupancy"),
+    Column("dH_shift", "sum_s (d_{k+1} - d_k)(s) H_{k+1}(s): the occupancy shift's part"),
+    Column("return", "J(pi_k), the unregularised return"),
+    Column("renyi2", "Renyi-2 entropy sum_s d_k(s) H_2(pi_k(.|s))"),
+    Column("grad_sq_norm", "E ||grad_z log pi||^2 = 1 - sum_a pi^2, occupancy-weighted (T1, §2.2)"),
+    Column("kl", "sum_s d_k(s) KL(pi_{k+1}(.|s) || pi_k(.|s))"),
+    Column("kl_quad", "sum_s d_k(s) Var_{pi_k}(dz) / 2: the KL to second order (T2, §2.4)"),
+    Column("kl_bound", "T2's bound (|A|/2) ||dz||_inf^2 (1 - exp(-H)), occupancy-weighted (§2.4)"),
+    Column("dz_max", "max |dz| over states and actions"),
+    Column("dH_pred_closed", "the rule's closed form of the expected entropy change (T4, §3.4); "
+                             "NaN where none applies (e.g. under adam)", nan_allowed=True),
+)
+RETURN_REG = Column("return_reg", "J_tau(pi_k), the entropy-regularised return (rules with tau)")
+TEMPERATURE_COLUMNS = (
+    Column("temp_used", "the sampling temperature T of the step"),
+    Column("dH_temp", "Theorem 4.3's predicted entropy change DeltaH(T) at the temperature used "
+                      "(§4.2)"),
+    Column("dH_dT", "d DeltaH / dT at T = 1 (§4.2)"),
+    Column("thm43_premise", "occupancy of the states where DeltaH(1) < 0"),
+    Column("thm43_conclusion", "occupancy of the states where DeltaH(1) < 0 and dDeltaH/dT(1) > 0 "
+                               "(equal to thm43_premise whenever the theorem holds)"),
+)
+NONFINITE = Column("nonfinite", 'on_nonfinite = "mark" only: a metric of this row is NaN or '
+                                'infinite')
+
 # Columns that may be NaN by design (a closed form that does not exist for the optimiser used).
-NAN_ALLOWED = ("dH_pred_closed",)
+NAN_ALLOWED = tuple(c.name for c in STEP_COLUMNS if c.nan_allowed)
+
+
+def pass_at_column(k: int) -> Column:
+    return Column(f"pass_at_{k}", f"exact pass@{k} = sum_p rho(p) [1 - (1 - P(correct|p))^{k}] "
+                                  f"(binary rewards)")
 
 
 def step_metrics(ev: Evaluation, ev_next: Evaluation, dz: Array) -> dict[str, Array]:

@@ -86,7 +86,7 @@ def build(config: Config) -> Experiment:
     env, per_seed = _build_env(config["env"], sub(0), shared_key)
     env = _cast(env, dtype)
     rule = RULES[config["algo"]["name"]]
-    options = {k: config["algo"][k] for k in rule.options}
+    options = {o.name: config["algo"][o.name] for o in rule.options}
     if config["env"]["kind"] == "mdp" and (rule.sampled or options.get("batch")):
         # Static (it fixes the rollout's shape): set only where something samples, so exact
         # rules on MDPs that differ only in gamma share one compiled program.

@@ -50,11 +50,11 @@ def test_cli_runs_a_sweep_and_writes_hyperparameter_columns(tmp_path, name):
     df = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
     spec = algorithms.RULES[name]
     swept = ["eta"] + ([key] if values is not None else [])
-    assert set(swept + list(spec.info)) <= set(df.columns)
+    assert set(swept + list(spec.column_names)) <= set(df.columns)
     assert len(df) == 2 * (len(values) if values else 1) * 3 * 4
     for column in swept:
         assert sorted(df[column].unique()) == sorted(algorithms_values(column, values))
-    for column in ["entropy", "dH_realized", "dH_pred_cov", *spec.info]:
+    for column in ["entropy", "dH_realized", "dH_pred_cov", *spec.column_names]:
         assert np.isfinite(df[column]).all(), column
     # The closed form exists for REINFORCE-type rules only.
     has_closed = name in ("reinforce", "sampled_npg", "temp_reinforce")

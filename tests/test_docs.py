@@ -90,7 +90,7 @@ def logged_columns() -> set[str]:
     columns |= set(diagnostics.pass_at_k(ev.success, env.rho, (1, 8)))
     # Each rule's extra columns.
     for spec in algorithms.RULES.values():
-        columns |= set(spec.info)
+        columns |= set(spec.column_names)
     # What the runner adds (the closed form, return_reg with tau, pass@k, the non-finite mark)
     # and the summary's derived error statistics, from a tiny run.
     res = es.run({"seeds": 2, "steps": 2, "pass_at": [1], "on_nonfinite": "mark",

@@ -50,8 +50,8 @@ BIG_ETA = {"contextual_bandit": 4.0, "token_tree": 12.0}
 def hparams(rule, **values):
     """Every hyperparameter of ``rule``: the registry's defaults, replaced by ``values``."""
     spec = algorithms.RULES[rule]
-    assert set(values) <= set(spec.hparams), set(values) - set(spec.hparams)
-    out = {k: values.get(k, v) for k, v in spec.hparams.items()}
+    assert set(values) <= set(spec.defaults), set(values) - set(spec.defaults)
+    out = {k: values.get(k, v) for k, v in spec.defaults.items()}
     assert None not in out.values(), out
     return {k: jnp.asarray(v, jnp.float64) for k, v in out.items()}
 
