@@ -32,10 +32,17 @@ def main(argv=None) -> int:
     plot_p = sub.add_parser("plot", help="render the standard figures of a result folder")
     plot_p.add_argument("results", type=Path, help="result folder written by 'entropy-sim run'")
     plot_p.add_argument("--format", default="png", choices=("png", "pdf", "svg"))
+    list_p = sub.add_parser("list", help="list the rules, objective pieces and columns, read off "
+                                         "their declarations")
+    list_p.add_argument("section", nargs="?", choices=("rules", "pieces", "columns"),
+                        help="one section only (default: all)")
+    list_p.add_argument("--markdown", action="store_true", help="Markdown tables (as in the README)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "list":
+            return _list(args)
         return _plot(args)
     except (ConfigError, FileExistsError, FileNotFoundError) as err:
         print(f"entropy-sim: error: {err}", file=sys.stderr)
@@ -78,6 +85,15 @@ def checkpoint_folder(out: Path) -> Path:
     """Where ``run`` keeps the progress of ``--out DIR``: the hidden ``.DIR.progress`` beside it,
     removed once ``DIR`` is written. A killed run started again with the same command resumes."""
     return out.parent / f".{out.name}.progress"
+
+
+def _list(args) -> int:
+    from entropy_sim import catalog
+
+    sections = [args.section] if args.section else list(catalog.SECTIONS)
+    render = catalog.markdown if args.markdown else catalog.text
+    print("\n\n".join(render(section) for section in sections))
+    return 0
 
 
 def _plot(args) -> int:

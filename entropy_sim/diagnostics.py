@@ -20,25 +20,30 @@ Array = jax.Array
 STEP_COLUMNS = (
     Column("entropy", "H(pi_k) = sum_s d_k(s) H(pi_k(.|s)), natural log"),
     Column("dH_realized", "H(pi_{k+1}) - H(pi_k) = dH_within + dH_shift"),
-    Column("dH_pred_cov", "-sum_s d_k(s) Cov_{pi_k}(log pi_k, dz): the covariance law T3 (§3.1)"),
+    Column("dH_pred_cov", "-sum_s d_k(s) Cov_{pi_k}(log pi_k, dz): the covariance law T3 "
+                          "(docs/theory.md §3.1)"),
     Column("dH_within", "sum_s d_k(s) [H_{k+1}(s) - H_k(s)]: the change at fixed occupancy"),
     Column("dH_shift", "sum_s (d_{k+1} - d_k)(s) H_{k+1}(s): the occupancy shift's part"),
     Column("return", "J(pi_k), the unregularised return"),
     Column("renyi2", "Renyi-2 entropy sum_s d_k(s) H_2(pi_k(.|s))"),
-    Column("grad_sq_norm", "E ||grad_z log pi||^2 = 1 - sum_a pi^2, occupancy-weighted (T1, §2.2)"),
+    Column("grad_sq_norm", "E ||grad_z log pi||^2 = 1 - sum_a pi^2, occupancy-weighted "
+                           "(T1, docs/theory.md §2.2)"),
     Column("kl", "sum_s d_k(s) KL(pi_{k+1}(.|s) || pi_k(.|s))"),
-    Column("kl_quad", "sum_s d_k(s) Var_{pi_k}(dz) / 2: the KL to second order (T2, §2.4)"),
-    Column("kl_bound", "T2's bound (|A|/2) ||dz||_inf^2 (1 - exp(-H)), occupancy-weighted (§2.4)"),
+    Column("kl_quad", "sum_s d_k(s) Var_{pi_k}(dz) / 2: the KL to second order "
+                      "(T2, docs/theory.md §2.4)"),
+    Column("kl_bound", "T2's bound (|A|/2) ||dz||_inf^2 (1 - exp(-H)), occupancy-weighted "
+                       "(docs/theory.md §2.4)"),
     Column("dz_max", "max |dz| over states and actions"),
-    Column("dH_pred_closed", "the rule's closed form of the expected entropy change (T4, §3.4); "
-                             "NaN where none applies (e.g. under adam)", nan_allowed=True),
+    Column("dH_pred_closed", "the rule's closed form of the expected entropy change "
+                             "(T4, docs/theory.md §3.4); NaN where none applies (e.g. under adam)",
+           nan_allowed=True),
 )
 RETURN_REG = Column("return_reg", "J_tau(pi_k), the entropy-regularised return (rules with tau)")
 TEMPERATURE_COLUMNS = (
     Column("temp_used", "the sampling temperature T of the step"),
     Column("dH_temp", "Theorem 4.3's predicted entropy change DeltaH(T) at the temperature used "
-                      "(§4.2)"),
-    Column("dH_dT", "d DeltaH / dT at T = 1 (§4.2)"),
+                      "(docs/theory.md §4.2)"),
+    Column("dH_dT", "d DeltaH / dT at T = 1 (docs/theory.md §4.2)"),
     Column("thm43_premise", "occupancy of the states where DeltaH(1) < 0"),
     Column("thm43_conclusion", "occupancy of the states where DeltaH(1) < 0 and dDeltaH/dT(1) > 0 "
                                "(equal to thm43_premise whenever the theorem holds)"),

@@ -297,7 +297,14 @@ def aepo_regulariser(*, hot_and_cold: bool = True, positives: bool = True) -> Pi
         r_tokens, _ = ppo_clip_tokens(jnp.exp(r_logp - reg.logp_old), reg.weight, hp["eps"])
         return hp["alpha"] * jnp.sum(r_tokens) / ctx.n_tokens
 
-    return Piece("aepo_regulariser", aepo_regulariser.__doc__.split("\n\n")[0], tuple(hparams),
+    name = "aepo_regulariser" + ("" if hot_and_cold else "_t1") + ("" if positives else "_adv")
+    doc = ("AEPO: + alpha/N x clipped R-weighted surrogate on the first pos_up (pos_down) positive "
+           "responses of a second batch at T_high (T_low) while H(pi_old) < (>=) entropy_target")
+    if not hot_and_cold:
+        doc += "; sampled at T = 1 (ablation)"
+    if not positives:
+        doc += "; weighted by its own group advantage, negatives kept (ablation)"
+    return Piece(name, doc, tuple(hparams),
                  TEMPERATURE_COLUMNS + (Column("reg_samples", "positive samples in AEPO's "
                                                               "regulariser"),),
                  checks=(_check_entropy_target,), prepare=prepare, bonus=bonus)

@@ -18,10 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim.errors import ConfigError
+from entropy_sim.parts import Column
 
 Array = jax.Array
 
-DERIVED = ("cov_error", "cov_abs_error", "cov_sign_agree")
+DERIVED_COLUMNS = (
+    Column("cov_error", "dH_realized - dH_pred_cov: the covariance law's error (summaries)"),
+    Column("cov_abs_error", "|dH_realized - dH_pred_cov| (summaries)"),
+    Column("cov_sign_agree", "1 where predicted and realized entropy changes have the same sign "
+                             "(summaries)"),
+)
+DERIVED = tuple(c.name for c in DERIVED_COLUMNS)
 
 
 def quantile_name(p: float) -> str:

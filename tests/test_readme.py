@@ -102,3 +102,27 @@ def test_readme_benchmark_commands_exist_and_the_sampling_one_runs(tmp_path):
     assert len(record["rows"]) == 8 and all(r["seed_steps_per_s"] > 0 for r in record["rows"])
     assert {"gumbel_over_engine", "counts_over_engine", "per_draw_over_engine",
             "jax_uniform_over_engine"} <= set(record)
+
+
+def test_readme_reference_tables_are_the_declarations():
+    """The README's generated tables (columns, rules, pieces) are exactly what ``entropy-sim list
+    --markdown`` reads off the declarations: a new rule, hyperparameter or column without a README
+    update fails here."""
+    from entropy_sim import catalog
+
+    found = re.findall(r"<!-- generated: entropy-sim list (\w+) --markdown -->\n(.*?)\n"
+                       r"<!-- end generated -->", README, flags=re.S)
+    assert sorted(section for section, _ in found) == sorted(catalog.SECTIONS)
+    for section, table in found:
+        assert table == catalog.markdown(section), (
+            f"README's {section} table is out of date: paste `entropy-sim list {section} "
+            f"--markdown`")
+
+
+def test_readme_formula_tables_name_every_registered_rule_and_no_other():
+    from entropy_sim.algorithms import RULES
+
+    exact = README.split("## Update rules")[1].split("## Sampled rules")[0]
+    sampled = README.split("## Sampled rules")[1].split("Here `c = ")[0].split("<!-- generated")[0]
+    named = set(re.findall(r"^\| `(\w+)` \|", exact + sampled, flags=re.M))
+    assert named == set(RULES) - {"grpo_weighted"}, named ^ set(RULES)
