@@ -11,14 +11,16 @@ _xla.configure()  # before anything starts JAX's CPU backend
 
 from entropy_sim import algorithms, envs, policies, rules, sampled, sampling, softmax  # noqa: E402
 from entropy_sim.api import load_config, run  # noqa: E402
+from entropy_sim.compile_cache import enable_compilation_cache  # noqa: E402
 from entropy_sim.config import Config  # noqa: E402
 from entropy_sim.errors import ConfigError  # noqa: E402
 from entropy_sim.experiment import Experiment, build  # noqa: E402
-from entropy_sim.results import Results, load  # noqa: E402
+from entropy_sim.results import ResultFolder, Results, load  # noqa: E402
 from entropy_sim.runner import NonFiniteError  # noqa: E402
 
 __all__ = [
-    "Config", "ConfigError", "Experiment", "NonFiniteError", "Results", "algorithms", "build", "envs",
-    "load", "load_config", "policies", "rules", "run", "sampled", "sampling", "softmax",
+    "Config", "ConfigError", "Experiment", "NonFiniteError", "ResultFolder", "Results", "algorithms",
+    "build", "enable_compilation_cache", "envs", "load", "load_config", "policies", "rules", "run",
+    "sampled", "sampling", "softmax",
 ]
 __version__ = "0.1.0"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
+from entropy_sim import compile_cache, provenance
 from entropy_sim.config import Config
 from entropy_sim.experiment import build
 from entropy_sim.results import Results
@@ -24,16 +26,26 @@ def run(config: Config | dict | str | Path, *, progress: bool = True, checkpoint
 
     ``checkpoint``: a folder that keeps the run's progress after every chunk; running the same
     config again with the same folder resumes where an interrupted run stopped (identical results).
-    The folder is left in place; delete it when the results are saved."""
+    The folder is left in place; delete it when the results are saved.
+
+    ``Results.provenance`` records the versions, git commit, devices, start and wall time (from
+    building the experiment to the last chunk: compiling included, saving not)."""
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif isinstance(config, dict):
         config = Config(config)
+    start, clock = provenance.now(), time.perf_counter()
     exp = build(config)
+    plan = make_plan(exp)
     ckpt = None
     if checkpoint is not None:
-        ckpt = Checkpoint(checkpoint, config.to_dict(), make_plan(exp))
+        ckpt = Checkpoint(checkpoint, config.to_dict(), plan)
     out = run_arrays(exp, progress=progress, checkpoint=ckpt)
+    wall_s = time.perf_counter() - clock
+    resumed = (ckpt.resumed_from or 0) if ckpt is not None else 0
+    record = provenance.collect(start=start, wall_s=wall_s, devices=plan.layout.mesh.devices.flat,
+                                resumed_units=resumed,
+                                compilation_cache=compile_cache.active_dir())
     steps = np.arange(0, config["steps"], config["log_every"])
     return Results(config=config, arrays=out.arrays, steps=steps, swept=exp.swept,
-                   final_theta=out.final_theta, stats=out.stats)
+                   final_theta=out.final_theta, stats=out.stats, provenance=record)

@@ -38,6 +38,7 @@ def main(argv=None) -> int:
                         help="one section only (default: all)")
     list_p.add_argument("--markdown", action="store_true", help="Markdown tables (as in the README)")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for run.json
     try:
         if args.command == "run":
             return _run(args)
@@ -50,6 +51,10 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    import dataclasses
+    import os
+
+    from entropy_sim import compile_cache
     from entropy_sim.api import load_config, run
     from entropy_sim.results import check_writable
     from entropy_sim.runner import NonFiniteError
@@ -65,19 +70,22 @@ def _run(args) -> int:
     progress = None if args.distributed else checkpoint_folder(args.out)
     if progress is not None and (progress / "manifest.json").exists():
         print(f"resuming from {progress}/ if it holds this config's progress", file=sys.stderr)
-    try:
-        results = run(config, progress=not args.quiet and writer, checkpoint=progress)
+    try:  # JAX's persistent compilation cache: ENTROPY_SIM_COMPILATION_CACHE (compile_cache.py)
+        with compile_cache.using(compile_cache.cli_dir(os.environ)):
+            results = run(config, progress=not args.quiet and writer, checkpoint=progress)
     except NonFiniteError as err:
         print(f"entropy-sim: error: {err}", file=sys.stderr)
         return 3
     if not writer:
         return 0
+    command = {"command": ["entropy-sim", *args.argv], "cwd": os.getcwd()}
+    results = dataclasses.replace(results, provenance={**results.provenance, **command})
     results.save(args.out, overwrite=args.overwrite)
     if progress is not None:
         shutil.rmtree(progress, ignore_errors=True)
-    table = "metrics.parquet, " if results.arrays is not None else ""
-    print(f"wrote {args.out}/: {table}summary.parquet, config.json ({len(results.steps)} logged "
-          f"steps x {config['seeds']} seeds x {len(results.swept)} grid points)")
+    files = ", ".join(sorted(p.name for p in args.out.iterdir()))
+    print(f"wrote {args.out}/: {files} ({len(results.steps)} logged steps x {config['seeds']} "
+          f"seeds x {len(results.swept)} grid points)")
     return 0
 
 

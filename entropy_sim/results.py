@@ -1,18 +1,23 @@
 """Results: tidy pandas tables, the summary over seeds, and atomic result folders.
 
-A result folder holds ``metrics.parquet`` (one row per grid point, seed and logged step),
-``summary.parquet`` (per grid point, step and metric: mean and 95% intervals over seeds) and
-``config.json`` (the resolved config). It is written under a temporary name and renamed into
-place, so it appears complete or not at all.
+A result folder holds ``metrics.parquet`` (one row per grid point, seed and logged step; full
+mode), ``summary.parquet`` (per grid point, step and metric: mean and 95% intervals over seeds),
+``final_policy.parquet`` (full mode: the logits and probabilities of every seed's last policy
+``pi_T``) or ``final_policy_summary.parquet`` (summary mode: their statistics over seeds),
+``config.json`` (the resolved config) and ``run.json`` (provenance: versions, git commit, devices,
+start and wall time, command line; ``provenance.py``). It is written under a temporary name and
+renamed into place, so it appears complete or not at all; the folder and its files get the
+user's usual permissions (``umask``). ``load`` reads a folder back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +38,10 @@ Z_95 = 1.959963984540054
 class Results:
     """The outcome of a run.
 
+    Metrics row ``k`` (``step = k``) describes the policy ``pi_k`` before update ``k`` and the
+    update to ``pi_{k+1}``, so the last row is ``pi_{T-1}``; the policy after the last update,
+    ``pi_T``, is ``final_theta`` (the ``final_policy`` table).
+
     Attributes:
       config: the resolved config.
       arrays: ``{metric: [G, N, T]}`` per-seed arrays (grid point, seed, logged step); None when the
@@ -43,6 +52,8 @@ class Results:
       final_theta: ``[G, N, S, A]`` logits after the last step.
       stats: ``{metric: {stat: [G, T]}}`` statistics over seeds computed during the run (summary
         mode), else None.
+      provenance: versions, git commit, devices, start and wall time of the run
+        (``provenance.collect``); ``run.json`` of the saved folder. None if unknown.
     """
 
     config: Config
@@ -51,6 +62,7 @@ class Results:
     swept: list[dict]
     final_theta: np.ndarray
     stats: dict | None = None
+    provenance: dict | None = None
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -79,14 +91,40 @@ class Results:
             return stats_frame(self.stats, self.steps, self.swept, self.config["quantiles"])
         return summarize(self.arrays, self.steps, self.swept, tuple(self.config["quantiles"]))
 
+    @property
+    def final_policy(self) -> pd.DataFrame:
+        """The last policy ``pi_T`` of every seed: one row per (grid point, seed, state, action)
+        with the swept hyperparameters, ``seed``, ``state``, ``action``, ``logit`` and ``prob``
+        (``softmax`` of the state's logits), the last two in the run's dtype."""
+        return final_policy_frame(self._final_theta(), self.swept)
+
+    def final_policy_summary(self) -> pd.DataFrame:
+        """Per grid point, state and action, statistics over seeds of the last policy's
+        probability ``pi_T(action | state)``: ``mean``, ``std``, the config's ``quantiles``
+        (default ``q025``, ``median``, ``q975``) and ``n``, the seeds counted (finite logits)."""
+        return final_policy_stats(self._final_theta(), self.swept, tuple(self.config["quantiles"]))
+
+    def _final_theta(self) -> np.ndarray:
+        return np.asarray(self.final_theta, dtype=self.config["dtype"])
+
     def save(self, out_dir, *, overwrite: bool = False) -> Path:
-        """Write ``metrics.parquet`` (full mode), ``summary.parquet`` and ``config.json`` atomically."""
+        """Write the result folder atomically: ``metrics.parquet`` and ``final_policy.parquet``
+        (full mode) or ``final_policy_summary.parquet`` (summary mode), ``summary.parquet``,
+        ``config.json`` and ``run.json`` (``provenance``; versions and git only if None)."""
+        from entropy_sim import provenance
+
         out = Path(out_dir)
+        record = self.provenance if self.provenance is not None else provenance.collect()
         with atomic_dir(out, overwrite=overwrite) as tmp:
             if self.arrays is not None:
                 self.metrics.to_parquet(tmp / "metrics.parquet", index=False)
+                self.final_policy.to_parquet(tmp / "final_policy.parquet", index=False)
+            else:
+                self.final_policy_summary().to_parquet(tmp / "final_policy_summary.parquet",
+                                                       index=False)
             self.summary().to_parquet(tmp / "summary.parquet", index=False)
             (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            (tmp / "run.json").write_text(json.dumps(record, indent=2) + "\n")
         return out
 
 
@@ -135,10 +173,124 @@ def stats_frame(stats: dict, steps: np.ndarray, swept: list[dict], quantiles) ->
     return pd.concat(frames, ignore_index=True)
 
 
-def load(out_dir) -> tuple[pd.DataFrame, dict]:
-    """``(metrics DataFrame, resolved config dict)`` of a result folder."""
-    out = Path(out_dir)
-    return pd.read_parquet(out / "metrics.parquet"), json.loads((out / "config.json").read_text())
+def final_policy_frame(theta: np.ndarray, swept: list[dict]) -> pd.DataFrame:
+    """The tidy table of final logits ``theta: [G, N, S, A]``: swept hyperparameters, ``seed``,
+    ``state``, ``action`` (int32), ``logit`` and ``prob`` (``theta``'s dtype)."""
+    num_grid, num_seeds, num_states, num_actions = theta.shape
+    per_grid = num_seeds * num_states * num_actions
+    cols: dict[str, np.ndarray] = {}
+    for name in swept[0] if swept else ():
+        cols[name] = np.repeat(np.array([p[name] for p in swept]), per_grid)
+    index = np.indices((num_grid, num_seeds, num_states, num_actions), dtype=np.int32)
+    cols["seed"], cols["state"], cols["action"] = (index[i].ravel() for i in (1, 2, 3))
+    cols["logit"] = theta.ravel()
+    cols["prob"] = softmax(theta).ravel()
+    return pd.DataFrame(cols)
+
+
+def final_policy_stats(theta: np.ndarray, swept: list[dict],
+                       quantiles=(0.025, 0.5, 0.975)) -> pd.DataFrame:
+    """Statistics over the seed axis of ``softmax(theta)``, ``theta: [G, N, S, A]``: one row per
+    (grid point, state, action) with ``mean``, ``std``, the ``quantiles`` and ``n`` (seeds with
+    finite logits; the others are left out), in float64."""
+    num_grid, _, num_states, num_actions = theta.shape
+    prob = softmax(theta).astype(np.float64)
+    good = np.isfinite(theta).all(axis=-1, keepdims=True) & np.isfinite(prob)
+    x = np.where(good, prob, np.nan)
+    n = good.sum(axis=1).astype(np.float64)  # [G, S, A]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a grid point with no finite seed
+        mean = np.nanmean(x, axis=1)
+        std = np.sqrt(np.nansum((x - mean[:, None]) ** 2, axis=1) / np.maximum(n - 1, 1))
+        qs = np.nanquantile(x, quantiles, axis=1)
+    per_grid = num_states * num_actions
+    cols: dict[str, np.ndarray] = {}
+    for name in swept[0] if swept else ():
+        cols[name] = np.repeat(np.array([p[name] for p in swept]), per_grid)
+    index = np.indices((num_grid, num_states, num_actions), dtype=np.int32)
+    cols["state"], cols["action"] = index[1].ravel(), index[2].ravel()
+    cols.update(mean=mean.ravel(), std=std.ravel())
+    cols.update({quantile_name(p): q.ravel() for p, q in zip(quantiles, qs)})
+    cols["n"] = n.ravel().astype(np.int64)
+    return pd.DataFrame(cols)
+
+
+def softmax(theta: np.ndarray) -> np.ndarray:
+    """``softmax`` over the last axis, in ``theta``'s dtype."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = np.exp(theta - theta.max(axis=-1, keepdims=True))
+        return z / z.sum(axis=-1, keepdims=True)
+
+
+def load(out_dir) -> "ResultFolder":
+    """Read a result folder back (``ResultFolder``); unpacks as ``metrics, config = load(dir)``."""
+    return ResultFolder(out_dir)
+
+
+class ResultFolder:
+    """A result folder written by ``Results.save`` or ``entropy-sim run``, read lazily.
+
+    Attributes and tables (each read once, when first used):
+      path: the folder.
+      config: the resolved config (dict, as ``config.json``).
+      provenance: ``run.json`` as a dict; None for folders written before it existed.
+      metrics: ``metrics.parquet``; raises ``ValueError`` for a summary-mode folder.
+      summary(): ``summary.parquet``.
+      final_policy: ``final_policy.parquet``, the last policy of every seed (full mode); raises
+        ``ValueError`` for a summary-mode folder or one written before it existed.
+      final_policy_summary(): ``final_policy_summary.parquet`` (summary mode), or computed from
+        ``final_policy`` as ``Results.final_policy_summary`` does (full mode).
+
+    ``metrics, config = load(dir)`` unpacks as ``load`` returned before it had the rest.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(f"{self.path} is not a result folder (no config.json)")
+        self.config = json.loads((self.path / "config.json").read_text())
+        run = self.path / "run.json"
+        self.provenance = json.loads(run.read_text()) if run.is_file() else None
+
+    def __iter__(self):
+        return iter((self.metrics, self.config))
+
+    def __getitem__(self, index):
+        return (self.metrics, self.config)[index]
+
+    @functools.cached_property
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_parquet(self._table("metrics.parquet", 'use .summary(); this run kept '
+                                           'only statistics over seeds (output = "summary")'))
+
+    def summary(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "summary.parquet")
+
+    @functools.cached_property
+    def final_policy(self) -> pd.DataFrame:
+        return pd.read_parquet(self._table("final_policy.parquet", "use .final_policy_summary() "
+                                           "for a summary-mode run"))
+
+    def final_policy_summary(self) -> pd.DataFrame:
+        stored = self.path / "final_policy_summary.parquet"
+        if stored.is_file():
+            return pd.read_parquet(stored)
+        table = self.final_policy
+        swept = [c for c in table.columns if c not in ("seed", "state", "action", "logit", "prob")]
+        num_seeds = int(table.seed.max()) + 1
+        num_states, num_actions = int(table.state.max()) + 1, int(table.action.max()) + 1
+        logits = table.logit.to_numpy().reshape(-1, num_seeds, num_states, num_actions)
+        points = table[swept].iloc[::num_seeds * num_states * num_actions].to_dict("records")
+        return final_policy_stats(logits, points, tuple(self.config["quantiles"]))
+
+    def _table(self, name: str, hint: str) -> Path:
+        path = self.path / name
+        if not path.is_file():
+            raise ValueError(f"{self.path} has no {name}; {hint}")
+        return path
+
+    def __repr__(self):
+        return f"ResultFolder({str(self.path)!r})"
 
 
 class atomic_dir:
@@ -151,7 +303,7 @@ class atomic_dir:
     def __enter__(self) -> Path:
         check_writable(self.out, self.overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self.tmp = make_unique_dir(self.out.parent, f".{self.out.name}.partial-")
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -166,6 +318,18 @@ class atomic_dir:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+def make_unique_dir(parent: Path, prefix: str) -> Path:
+    """A new folder ``parent/prefix<random>`` with the permissions of any folder the user makes
+    (``0o777`` less the umask; ``tempfile.mkdtemp`` would make it ``0o700``)."""
+    while True:
+        path = Path(parent) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(mode=0o777)
+            return path
+        except FileExistsError:
+            continue
 
 
 def check_writable(out: Path, overwrite: bool) -> None:

@@ -1,11 +1,28 @@
 """Shared test helpers."""
 
 import gc
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE_VAR = "ENTROPY_SIM_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+    """The command line caches compiled programs in the user's cache folder; tests (in this
+    process and every subprocess they start) use a scratch folder instead, removed at the end."""
+    config._entropy_sim_cache = tempfile.mkdtemp(prefix="entropy-sim-test-jax-cache-")
+    os.environ[CACHE_VAR] = config._entropy_sim_cache
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_entropy_sim_cache", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_sessionfinish(session):

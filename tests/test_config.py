@@ -163,3 +163,84 @@ def test_cli_bad_input_exits_nonzero_names_the_field_and_writes_nothing(tmp_path
         assert field in proc.stderr
         assert "Traceback" not in proc.stderr
         assert not out.exists() and list(tmp_path.iterdir()) == [path]
+
+
+def _mdp_arrays():
+    import numpy as np
+    return {"P": np.array(MDP["P"]), "r": np.array(MDP["r"]), "gamma": np.float64(0.5)}
+
+
+def _write_npz(path, **arrays):
+    import numpy as np
+    with open(path, "wb") as f:  # np.savez would add .npz to a name without it
+        np.savez(f, **arrays)
+
+
+def _damaged(path):
+    """A real archive with bytes in the middle of its first array overwritten (bad CRC)."""
+    _write_npz(path, **_mdp_arrays())
+    data = bytearray(path.read_bytes())
+    data[100:140] = b"\xff" * 40
+    path.write_bytes(bytes(data))
+
+
+def _truncated(path):
+    _write_npz(path, **_mdp_arrays())
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _single_npy(path):
+    import numpy as np
+    with open(path, "wb") as f:
+        np.save(f, np.array(MDP["P"]))
+
+
+def _object_array(path):
+    import numpy as np
+    _write_npz(path, **{**_mdp_arrays(), "P": np.array([[1.0, 0.0], "not a number"], dtype=object)})
+
+
+def _missing_r(path):
+    arrays = _mdp_arrays()
+    del arrays["r"]
+    _write_npz(path, **arrays)
+
+
+NPZ_CASES = {
+    "not there": (None, "cannot read"),
+    "text file": (lambda p: p.write_text("P = [[1, 0]]\n"), "is not an .npz file"),
+    "empty file": (lambda p: p.write_bytes(b""), "is not an .npz file"),
+    "single .npy array": (_single_npy, "single .npy array"),
+    "truncated archive": (_truncated, "damaged"),
+    "corrupt archive": (_damaged, "damaged"),
+    "pickled object array": (_object_array, "pickled"),
+    "missing array": (_missing_r, "lacks array(s) r"),
+}
+
+
+@pytest.mark.parametrize("case", list(NPZ_CASES), ids=list(NPZ_CASES))
+def test_cli_bad_npz_file_exits_2_naming_env_path_and_the_file(tmp_path, case, capsys):
+    from entropy_sim import cli
+
+    make, words = NPZ_CASES[case]
+    data = tmp_path / "m.npz"
+    if make is not None:
+        make(data)
+    config = tmp_path / "c.toml"
+    config.write_text('steps = 2\nseeds = 1\n[env]\nkind = "mdp"\npath = "m.npz"\n'
+                      '[algo]\nname = "npg"\neta = 0.5\n')
+    before = sorted(tmp_path.iterdir())
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("entropy-sim: error: env.path: "), err
+    assert repr(str(data)) in err and words in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
+
+
+def test_an_array_of_an_npz_file_that_is_wrong_names_its_field_and_the_file(tmp_path):
+    import numpy as np
+    _write_npz(tmp_path / "m.npz", **{**_mdp_arrays(), "gamma": np.float64(1.5)})
+    with pytest.raises(es.ConfigError) as err:
+        es.Config(small_config(env={"kind": "mdp", "path": str(tmp_path / "m.npz")}))
+    assert err.value.field == "env.gamma" and str(tmp_path / "m.npz") in str(err.value)

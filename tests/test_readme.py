@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 
 import entropy_sim as es
@@ -126,3 +127,28 @@ def test_readme_formula_tables_name_every_registered_rule_and_no_other():
     sampled = README.split("## Sampled rules")[1].split("Here `c = ")[0].split("<!-- generated")[0]
     named = set(re.findall(r"^\| `(\w+)` \|", exact + sampled, flags=re.M))
     assert named == set(RULES) - {"grpo_weighted"}, named ^ set(RULES)
+
+
+@pytest.mark.slow
+def test_readme_precision_commands_print_the_numbers_the_readme_states(scratch):
+    """The Scale section's float32 against float64 runs (10^6 exact PG steps each, about 20 s in
+    all) print what the README says; float64 approaches the limit (K - 1)/(K eta) = 5/3."""
+    block = next(b for b in blocks("bash") if "precision.toml" in b)
+    *runs, show = [line.strip() for line in block.strip().splitlines()]
+    for line in runs:
+        run_shell(line, scratch)
+    argv = shlex.split(show)
+    assert argv[0] == "python"
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=scratch, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    printed = {name: float(value) for name, value in (line.split() for line in proc.stdout.splitlines())}
+    f32, f64 = (float(x) for x in re.search(r"reads (\d+\.\d+) in float32 and (\d+\.\d+) in float64",
+                                            README.replace("\n  ", " ")).groups())
+    assert printed["float64"] == f64 and abs(f64 - 5 / 3) < 1e-3
+    # float32's trajectory depends on XLA:CPU's rounding; it is off by several percent either way.
+    assert printed["float32"] == pytest.approx(f32, abs=0.01)
+    assert abs(printed["float32"] - f64) > 0.02 * f64
+    # float32's own last policy, evaluated exactly: its trajectory is rounded as well.
+    stated = float(re.search(r"evaluated in float64 gives (\d+\.\d+)", README.replace("\n  ", " ")).group(1))
+    prob = es.load(scratch / "results/precision/float32").final_policy.prob.to_numpy(np.float64)
+    assert 1e6 * prob @ np.array([0.0, 0.1, 0.9]) == pytest.approx(stated, abs=0.005)

@@ -92,8 +92,10 @@ def test_adam_runs_and_reports_no_closed_form():
 def test_save_is_atomic_and_refuses_to_overwrite_without_permission(tmp_path, monkeypatch):
     res = es.run(small_config(), progress=False)
     out = res.save(tmp_path / "run")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.parquet", "summary.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "final_policy.parquet",
+                                                     "metrics.parquet", "run.json", "summary.parquet"]
     pd.testing.assert_frame_equal(es.load(out)[0], res.metrics)
+    pd.testing.assert_frame_equal(es.load(out).final_policy, res.final_policy)
     with pytest.raises(FileExistsError):
         res.save(out)
 

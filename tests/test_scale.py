@@ -115,7 +115,8 @@ def test_summary_mode_memory_does_not_grow_with_the_seeds():
 def test_summary_run_saves_a_summary_only_folder(tmp_path):
     res = es.run({**SAMPLED, "output": "summary"}, progress=False)
     res.save(tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "summary.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "final_policy_summary.parquet", "run.json", "summary.parquet"]
     df = pd.read_parquet(tmp_path / "out" / "summary.parquet")
     assert len(df) == 3 * 12 * df.metric.nunique()
 

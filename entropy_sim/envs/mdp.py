@@ -123,17 +123,56 @@ def mdp(P, r, gamma, mu=None) -> TabularMDP:
 
 
 def load_npz(path) -> TabularMDP:
-    """An MDP from an ``.npz`` file holding arrays ``P``, ``r``, ``gamma`` and optionally ``mu``."""
+    """An MDP from an ``.npz`` file (``numpy.savez``) holding arrays ``P``, ``r``, ``gamma`` and
+    optionally ``mu``. Only plain numeric arrays are read (never pickled objects); a file that
+    cannot be read, is not an ``.npz`` archive, is damaged, holds object arrays or lacks an array
+    raises ``ConfigError`` for field ``path`` naming the file, and a bad array one for its own
+    field (``P``, ``r``, ``gamma``, ``mu``)."""
+    name = str(path)
     try:
-        data = np.load(path)
+        with open(path, "rb") as f:
+            magic = f.read(6)
     except OSError as err:
-        raise errors.ConfigError("path", f"cannot read {str(path)!r}: {err}") from None
-    missing = [k for k in ("P", "r", "gamma") if k not in data]
-    if missing:
-        raise errors.ConfigError("path", f"{str(path)!r} lacks array(s) {', '.join(missing)}")
-    gamma = data["gamma"]
-    return mdp(data["P"], data["r"], float(gamma) if np.ndim(gamma) == 0 else gamma,
-               data["mu"] if "mu" in data else None)
+        raise errors.ConfigError("path", f"cannot read {name!r}: {err.strerror or err}") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise errors.ConfigError("path", f"{name!r} is a single .npy array; save P, r and gamma "
+                                         f"together with numpy.savez(path, P=..., r=..., gamma=...)")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise errors.ConfigError("path", f"{name!r} is not an .npz file (a zip archive of arrays "
+                                         f"written by numpy.savez)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("P", "r", "gamma") if k not in data.files]
+            if missing:
+                raise errors.ConfigError("path", f"{name!r} lacks array(s) {', '.join(missing)} "
+                                                 f"(it holds {', '.join(data.files) or 'none'})")
+            for key in ("P", "r", "gamma", "mu"):
+                if key in data.files:
+                    arrays[key] = _npz_array(data, key, name)
+    except errors.ConfigError:
+        raise
+    except Exception as err:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
+        raise errors.ConfigError("path", f"{name!r} is damaged or not a NumPy .npz file "
+                                         f"({type(err).__name__}: {err})") from None
+    gamma = arrays["gamma"]
+    try:
+        return mdp(arrays["P"], arrays["r"], float(gamma) if gamma.ndim == 0 else gamma,
+                   arrays.get("mu"))
+    except errors.ConfigError as err:  # the array's own field, and where it came from
+        raise errors.ConfigError(err.field, f"{err.message} (array {err.field} of {name!r})") from None
+
+
+def _npz_array(data, key: str, name: str) -> np.ndarray:
+    """Array ``key`` of an open ``.npz`` archive, refusing object (pickled) arrays."""
+    try:
+        return data[key]
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise errors.ConfigError("path", f"array {key} of {name!r} holds Python objects "
+                                         f"(pickled data), which entropy_sim does not load: "
+                                         f"loading a pickle can run code; save numeric arrays") from None
 
 
 def solve_dominant(m: Array, b: Array) -> Array:
