@@ -12,7 +12,7 @@ from __future__ import annotations
 from entropy_sim import rules, sampled
 from entropy_sim.diagnostics import TEMPERATURE_COLUMNS
 from entropy_sim.objectives import (BATCH_COLUMNS, ETA, aepo_regulariser, clip_cov_tokens,
-                                    entropy_bonus, entropy_shaping, group_normalised,
+                                    entropy_bonus, entropy_shaping, group_centred, group_normalised,
                                     kl_cov_tokens, plain_ratio, policy_rule, ppo_clip)
 from entropy_sim.parts import Hparam, Option, RuleSpec
 from entropy_sim.sampling import BASELINES
@@ -67,6 +67,7 @@ for _spec in [
     _sampled("sampled_npg", sampled.sampled_npg,
              "stochastic NPG: importance-weighted estimates of Q - b on B sampled responses", 1),
     policy_rule("grpo", "GRPO: group-normalised advantage, PPO clip", *GRPO),
+    policy_rule("dr_grpo", "Dr. GRPO: GRPO without the std division", group_centred, ppo_clip),
     policy_rule("entropy_reg", "GRPO + lambda * token-mean entropy", *GRPO, entropy_bonus),
     policy_rule("entropy_adv", "GRPO with A + min(beta H, |A| / kappa) (Cheng et al.)",
                 *GRPO, entropy_shaping),

@@ -128,6 +128,17 @@ group_normalised = Piece(
     advantage=_group_normalised)
 
 
+def _group_centred(adv, ctx: Context, hp) -> Array:
+    reward = ctx.sample.reward
+    return per_token(reward - jnp.mean(reward, axis=-1, keepdims=True), ctx.sample)
+
+
+group_centred = Piece(
+    "group_centred", "Dr. GRPO (Liu et al. 2025): R - mean per group, no division by the std "
+                     "(TRL scale_rewards = \"none\", verl norm_adv_by_std_in_grpo = False)",
+    advantage=_group_centred)
+
+
 def _entropy_shaped(adv, ctx: Context, hp) -> Array:
     return adv + jnp.minimum(hp["beta"] * ctx.ev.ent[ctx.sample.state], jnp.abs(adv) / hp["kappa"])
 
