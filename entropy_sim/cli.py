@@ -1,6 +1,6 @@
 """Command line: ``entropy-sim run CONFIG.toml --out DIR [--set key=value ...]`` (or ``--dry-run``)
-and ``entropy-sim plot DIR [--metrics a,b]``. Bad input exits with status 2 and a message naming the field; nothing
-is written unless the run completes."""
+and ``entropy-sim plot DIR [--metrics a,b]``. Bad input exits with status 2 and a message naming
+the field; nothing is written unless the run completes."""
 
 from __future__ import annotations
 
