@@ -8,7 +8,8 @@ results identical to an uninterrupted one.
 
 Files (each written under a temporary name and renamed): ``manifest.json`` (the resolved config, the
 plan and the units done; written last), ``unit-B-C.npz`` (outputs) and ``state-B-C.npz`` (the state
-after unit ``C`` of grid batch ``B``; only the latest per batch is kept).
+after unit ``C`` of grid batch ``B``; only the latest per batch is kept). The folder is created
+when the first unit completes: a run that stops before then leaves none.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Checkpoint:
                 self.resumed_from = len(self.done)
             else:  # another config's leftovers: start afresh
                 shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # The folder is made by the first completed unit: a run that fails or is interrupted
+        # before then (a late config error, a non-finite step 0, Ctrl-C) leaves nothing behind.
 
     @property
     def total_units(self) -> int:
@@ -53,6 +55,7 @@ class Checkpoint:
     def save(self, batch: int, chunk: int, state, out: dict) -> None:
         """Record unit ``(batch, chunk)``: its output, the state after it (host arrays of the real
         grid points and seeds, so any device layout can resume it), then the manifest."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         _atomic_savez(self._unit(batch, chunk), _flatten(out))
         leaves = jax.tree.leaves(state)
         _atomic_savez(self._state(batch, chunk), {f"{i}": x for i, x in enumerate(leaves)})

@@ -81,6 +81,17 @@ class Section:
         self.resolved: dict[str, Any] = {}
         self.known: set[str] = set()  # keys read for these settings
         self.hints: set[str] = set()  # keys valid in other settings of this table
+        if name in TABLE_NAMES or not name:
+            self.check_keys()
+
+    def check_keys(self) -> None:
+        """Reject a key that no setting of this table accepts, before any field is read: a typo,
+        a misnamed table or a key in the wrong table is named first, even where a required key
+        is missing too (``algo.etta`` rather than ``algo.eta: is required``)."""
+        valid = table_keys()[self.name]
+        for key, value in self.data.items():
+            if key not in valid:
+                raise ConfigError(self.field(key), _unknown_key(self.name, key, value))
 
     def field(self, key: str) -> str:
         return f"{self.name}.{key}" if self.name else key
@@ -139,6 +150,38 @@ class Section:
 
     def _settings(self) -> str:
         return ", ".join(f"{k} = {v!r}" for k, v in self.resolved.items() if isinstance(v, str))
+
+
+TABLE_NAMES = ("env", "policy", "algo")
+
+
+def table_keys() -> dict[str, set[str]]:
+    """Every key some setting of each table accepts (``""``: the top level)."""
+    algo = {k for r in RULES.values() for k in (*r.hparams, *r.options)}
+    return {"": set(TOP_LEVEL), "env": {"kind", *_ENV_KEYS}, "policy": set(_POLICY_KEYS),
+            "algo": {"name", "optimizer", *algo}}
+
+
+def _unknown_key(table: str, key: str, value) -> str:
+    """What is wrong with ``key``, which no setting of ``table`` accepts: a misnamed table, a
+    top-level key written after a ``[table]`` header (TOML puts it inside that table), a key of
+    another table, or a typo (with the closest valid name)."""
+    keys = table_keys()
+    if not table and isinstance(value, dict):
+        hint = [t for t in TABLE_NAMES if key and (key.startswith(t) or t.startswith(key))]
+        hint = hint or difflib.get_close_matches(key, TABLE_NAMES, n=1, cutoff=0.5)
+        tables = ", ".join(f"[{t}]" for t in TABLE_NAMES)
+        return "unknown table; " + (f"did you mean [{hint[0]}]?" if hint else f"the tables are {tables}")
+    homes = " or ".join(f"[{t}]" for t in TABLE_NAMES if t != table and key in keys[t])
+    here = f"a key of [{table}]" if table else "a top-level key"
+    if table and key in TOP_LEVEL and key not in TABLE_NAMES:
+        also = f" (or a key of {homes})" if homes else ""
+        return (f"{key!r} is a top-level key{also}, not {here}; in a TOML file top-level keys "
+                f"must come before the first [table] header")
+    if homes:
+        return f"{key!r} is a key of {homes}, not {here}"
+    hint = difflib.get_close_matches(key, sorted(keys[table]), n=1)
+    return "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
 
 
 def resolve(raw: dict) -> dict:
@@ -343,6 +386,9 @@ def _env_token_tree(sec: Section) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- policy and algo
 
+_POLICY_KEYS = ("init", "probs", "logits", "scale", "peak", "correct_mass")
+
+
 def _resolve_policy(sec: Section, env: dict, num_states: int, num_actions: int) -> dict:
     init = sec.choice("init", POLICY_INITS, "uniform")
     if init in ("probs", "logits"):
@@ -362,7 +408,7 @@ def _resolve_policy(sec: Section, env: dict, num_states: int, num_actions: int) 
                 raise ConfigError(sec.field("correct_mass"), "needs correct answers; mdp envs "
                                                              "have none (use a bandit or token_tree)")
             sec.number("correct_mass", low=0.0, high=1.0, low_open=True, high_open=True)
-    sec.hints.update(("probs", "logits", "scale", "peak", "correct_mass"))
+    sec.hints.update(_POLICY_KEYS[1:])
     return sec.finish()
 
 

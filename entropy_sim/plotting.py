@@ -6,6 +6,7 @@ spread over seeds, labelled axes with units (nats for entropy).
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
@@ -42,12 +43,14 @@ def grid_label(row: pd.Series | dict, keys) -> str:
     return ", ".join(f"{k}={row[k]:g}" for k in keys) or "all seeds"
 
 
-def band_plot(ax, summary: pd.DataFrame, metric: str, keys, *, band: str = "quantile"):
+def band_plot(ax, summary: pd.DataFrame, metric: str, keys, *, band: str = "quantile") -> str:
     """Mean over seeds against step, one line per grid point, with the 2.5-97.5% band over seeds
-    (``band="quantile"``) or the 95% confidence interval of the mean (``band="ci"``)."""
+    (``band="quantile"``) or the 95% confidence interval of the mean (``band="ci"``, also where the
+    summary has no such quantiles of ``metric``). Returns the band drawn, for a title."""
     sub = summary[summary.metric == metric]
     groups = sub.groupby(list(keys), sort=False) if keys else [((), sub)]
-    quantiles = band == "quantile" and {"q025", "q975"} <= set(summary.columns)
+    quantiles = (band == "quantile" and {"q025", "q975"} <= set(summary.columns)
+                 and bool(sub[["q025", "q975"]].notna().all().all()))
     lo, hi = ("q025", "q975") if quantiles else ("ci_low", "ci_high")  # CI if other quantiles
     for i, (_, g) in enumerate(groups):
         colour = OKABE_ITO[i % len(OKABE_ITO)]
@@ -55,6 +58,7 @@ def band_plot(ax, summary: pd.DataFrame, metric: str, keys, *, band: str = "quan
         ax.fill_between(g.step, g[lo], g[hi], color=colour, alpha=0.2, linewidth=0)
     ax.set_xlabel(LABELS["step"])
     ax.set_ylabel(LABELS.get(metric, metric))
+    return "95% of seeds" if quantiles else "95% CI of the mean"
 
 
 def law_plot(ax, metrics: pd.DataFrame, keys, *, max_points: int = 20000, seed: int = 0):
@@ -75,15 +79,19 @@ def law_plot(ax, metrics: pd.DataFrame, keys, *, max_points: int = 20000, seed: 
     ax.set_ylabel(LABELS["dH_realized"])
 
 
-def plot_results(out_dir, *, fmt: str = "png") -> list[Path]:
+def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
     """Render the standard figure of a result folder into ``out_dir/figures/``: entropy and
     return over training (mean and 2.5-97.5% band over seeds) and predicted against realized
-    entropy change. Returns the written paths."""
+    entropy change. With ``metrics`` (names of the folder's summary), one panel per metric
+    instead, into ``figures/NAME-NAME.fmt``; an unknown name raises ``ConfigError`` listing
+    the folder's metrics. Returns the written paths."""
     out = Path(out_dir)
     if not (out / "summary.parquet").exists():
         raise FileNotFoundError(f"{out} is not a result folder (no summary.parquet)")
     config = json.loads((out / "config.json").read_text())
     summary = pd.read_parquet(out / "summary.parquet")
+    if metrics:
+        return [_plot_metrics(out, config, summary, list(metrics), fmt)]
     full = (out / "metrics.parquet").exists()  # a summary-mode folder has no per-seed rows
     metrics = pd.read_parquet(out / "metrics.parquet") if full else None
     keys = [k for k, v in config["algo"].items() if isinstance(v, list)]
@@ -109,3 +117,36 @@ def plot_results(out_dir, *, fmt: str = "png") -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
     return [path]
+
+
+def _plot_metrics(out: Path, config: dict, summary: pd.DataFrame, metrics: list[str],
+                  fmt: str) -> Path:
+    """One panel per metric (mean and band over seeds, one line per grid point)."""
+    from entropy_sim.errors import ConfigError
+
+    available = list(dict.fromkeys(summary.metric))
+    for name in metrics:
+        if name not in available:
+            hint = difflib.get_close_matches(name, available, n=1)
+            guess = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError("--metrics", f"unknown metric {name!r}{guess}; this folder has: "
+                                           f"{', '.join(available)}")
+    keys = [k for k, v in config["algo"].items() if isinstance(v, list)]
+    title = config.get("name") or f"{config['algo']['name']} on {config['env']['kind']}"
+    cols = min(len(metrics), 3)
+    rows = -(-len(metrics) // cols)
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    with style():
+        fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.8 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, metrics):
+            band = band_plot(ax, summary, name, keys)
+            ax.set_title(f"{name} (mean, {band})")
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        axes.flat[0].legend(frameon=False)
+        fig.suptitle(f"{title}  ({config['seeds']} seeds)")
+        path = figures / f"{'-'.join(metrics)}.{fmt}"
+        fig.savefig(path)
+        plt.close(fig)
+    return path

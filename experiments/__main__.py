@@ -11,12 +11,20 @@ from pathlib import Path
 from experiments.common import EXPERIMENTS, main
 
 
+DESCRIPTION = """\
+Run the experiments under experiments/, one per claim of the source documents that a tabular
+simulation can test: write each one's result folders, figures and claims.json under --out, print
+each numeric claim with its bounds, and end with the tally of claims that hold and fail. Exits with
+status 1 if a claim is outside its bounds."""
+
+
 def cli(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", metavar="NAME",
                         help=f"'all' or any of: {', '.join(EXPERIMENTS)} (a prefix such as e4 works)")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute each")
-    parser.add_argument("--out", type=Path, default=Path("results/experiments"),
+    parser.add_argument("--out", type=Path, default=Path("results/experiments"), metavar="DIR",
                         help="parent of the result folders (default: results/experiments)")
     parser.add_argument("--gallery", action="store_true",
                         help="also copy each main figure to experiments/figures/ (README gallery)")
@@ -26,7 +34,7 @@ def cli(argv=None) -> int:
         names = select(args.names)
     except ValueError as err:
         parser.error(str(err))
-    failed = []
+    failed, held = [], 0
     for name in names:
         start = time.perf_counter()
         print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
@@ -37,7 +45,10 @@ def cli(argv=None) -> int:
             print(f"   {mark} {key:<34} {row['value']:>12.5g} {bounds}")
             if row["holds"] is False:
                 failed.append(f"{name}.{key}")
+            held += row["holds"] is True
         print(f"   wrote {args.out / name}/ in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"claims: {held} hold, {len(failed)} fail ({len(names)} experiment"
+          f"{'s' if len(names) != 1 else ''})", flush=True)
     if failed:
         print(f"claims outside their bounds: {', '.join(failed)}", file=sys.stderr)
         return 1

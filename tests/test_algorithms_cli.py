@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from entropy_sim import algorithms, cli
+from entropy_sim import algorithms, cli, load_config
+from entropy_sim.dryrun import plan
 
 # One swept hyperparameter per rule besides eta: the one that defines the method.
 SWEEPS = {
@@ -56,6 +57,10 @@ def test_cli_runs_a_sweep_and_writes_hyperparameter_columns(tmp_path, name):
         assert sorted(df[column].unique()) == sorted(algorithms_values(column, values))
     for column in ["entropy", "dH_realized", "dH_pred_cov", *spec.column_names]:
         assert np.isfinite(df[column]).all(), column
+    # The dry run, which builds nothing, lists exactly the metric columns the run wrote.
+    overrides = [a for a in args[5:] if a != "--set"]
+    metrics = set(df.columns) - {"seed", "step", *swept}
+    assert set(plan(load_config(config, overrides)).columns) == metrics
     # The closed form exists for REINFORCE-type rules only.
     has_closed = name in ("reinforce", "sampled_npg", "temp_reinforce")
     assert np.isfinite(df["dH_pred_closed"]).all() == has_closed

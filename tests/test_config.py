@@ -83,6 +83,15 @@ BAD = {
     "temp on aepo_t1": (small_config(algo={"name": "aepo_t1", "eta": 0.1, "entropy_target": 0.5, "temp_high": 1.2}), "algo.temp_high", "aepo_t1 takes no temp_high"),
     "rollout_length zero": (small_config(env={**MDP, "rollout_length": 0}), "env.rollout_length", ">= 1"),
     "rollout_length on a bandit": (with_env(rollout_length=10), "env.rollout_length", "not used"),
+    # Keys are checked before values: the real mistake is named, not what it leaves missing.
+    "misnamed table": ({**{k: v for k, v in small_config().items() if k != "algo"},
+                        "algorithm": {"name": "pg", "eta": 0.1}}, "algorithm", "unknown table; did you mean [algo]?"),
+    "top-level key inside a table": (small_config(algo={"name": "pg", "eta": 0.1, "seeds": 3}), "algo.seeds", "'seeds' is a top-level key"),
+    "misspelled next to missing": (small_config(algo={"name": "pg", "etta": 0.1}), "algo.etta", "did you mean 'eta'"),
+    "key of another table": (with_env(eta=0.1), "env.eta", "'eta' is a key of [algo]"),
+    "table key at the top level": (small_config(tau=0.1), "tau", "'tau' is a key of [algo]"),
+    "unknown table": (small_config(rule={"name": "pg"}), "rule", "the tables are"),
+    "misspelled table": (small_config(policies={"init": "uniform"}), "policies", "did you mean [policy]?"),
 }
 
 

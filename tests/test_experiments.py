@@ -5,6 +5,8 @@ are each experiment's ``CHECKS``; ``test_checks_can_fail`` shows the evaluation 
 outside them.
 """
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -17,14 +19,18 @@ from experiments.common import EXPERIMENTS, evaluate, main, module
 def quick_run(tmp_path_factory):
     """The README's command, ``python -m experiments all --quick``, into a scratch folder."""
     out = tmp_path_factory.mktemp("experiments")
-    status = cli(["all", "--quick", "--quiet", "--out", str(out)])
-    return out, status
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli(["all", "--quick", "--quiet", "--out", str(out)])
+    return out, status, printed.getvalue()
 
 
 def test_readme_command_runs_every_experiment(quick_run):
-    out, status = quick_run
+    out, status, printed = quick_run
     assert status == 0  # every claim within its bounds
     assert sorted(p.name for p in out.iterdir()) == sorted(EXPERIMENTS)
+    claims = sum(len(module(name).CHECKS) for name in EXPERIMENTS)
+    assert printed.splitlines()[-1] == f"claims: {claims} hold, 0 fail ({len(EXPERIMENTS)} experiments)"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -62,6 +68,22 @@ def test_select_prefixes_and_errors():
         select(["e9"])
     with pytest.raises(SystemExit):
         cli(["nope"])
+
+
+def test_cli_ends_with_the_tally_of_claims(tmp_path, monkeypatch, capsys):
+    import experiments.__main__ as entry
+
+    tables = {"e1_covariance_law": evaluate({"a": 0.5, "b": 2.0, "extra": 1.0},
+                                            {"a": (0.0, 1.0), "b": (0.0, 1.0)}),
+              "e3_gradient_kl": evaluate({"c": 0.5, "d": 0.7}, {"c": (0.0, 1.0), "d": (0.0, None)})}
+    monkeypatch.setattr(entry, "main", lambda name, out, **kwargs: tables[name])
+    assert cli(["e1", "e3", "--quiet", "--out", str(tmp_path)]) == 1  # b fails
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == "claims: 3 hold, 1 fail (2 experiments)"  # "extra" has no bounds
+    assert "e1_covariance_law.b" in err
+    tables["e1_covariance_law"]["b"]["holds"] = True
+    assert cli(["e1", "--quiet", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "claims: 2 hold, 0 fail (1 experiment)"
 
 
 def test_failed_experiment_leaves_no_folder(tmp_path, monkeypatch):

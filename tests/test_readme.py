@@ -1,6 +1,11 @@
-"""Every command and code block of the README runs (in a scratch folder), so the README stays true."""
+"""Every command and code block of the README runs (in a scratch folder), so the README stays true.
+
+Each Python block's printed numbers are checked against expectations derived independently of the
+engine: closed forms, NumPy computations of the same maths, or bounds that follow from the theory.
+"""
 
 import json
+import math
 import os
 import re
 import shlex
@@ -35,7 +40,9 @@ def scratch(tmp_path, monkeypatch):
     algorithms.RULES.update(registered)
 
 
-def run_shell(line: str, cwd) -> None:
+def run_shell(line: str, cwd) -> str:
+    """Run a README command line (``a && b``); returns the stdout of its last command."""
+    out = ""
     for command in line.split("&&"):
         argv = shlex.split(command)
         if argv[:2] == ["pip", "install"]:
@@ -44,6 +51,8 @@ def run_shell(line: str, cwd) -> None:
             argv = [sys.executable, "-m", "entropy_sim.cli"] + argv[1:]
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
         assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
+        out = proc.stdout
+    return out
 
 
 def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
@@ -66,15 +75,210 @@ def test_readme_experiments_command_is_the_one_the_experiment_tests_run():
 
 
 def test_readme_cli_commands_run(scratch):
-    for line in blocks("bash")[2].strip().splitlines():
-        run_shell(line, scratch)
+    lines = blocks("bash")[2].strip().splitlines()
+    outputs = [run_shell(line, scratch) for line in lines]
     assert (scratch / "results/sweep/figures/overview.png").exists()
+    # The dry run (first line) wrote nothing and described the demo config with its overrides:
+    # three step sizes, 100 seeds, 200 steps of which every one is logged.
+    assert "--dry-run" in lines[0] and "--out" not in lines[0]
+    dry = outputs[0]
+    assert "# grid: 3 points (eta = [0.1, 0.2, 0.4])" in dry
+    assert "# seeds: 100 " in dry and "# steps: 200, logged steps: 200 " in dry
+    assert es.Config(tomllib.loads(dry)) == es.load_config(ROOT / "experiments/demo.toml", [
+        "seeds=100", "algo.eta=[0.1, 0.2, 0.4]"])
+    # The plot with --metrics: one figure of the chosen metrics, in the chosen format.
+    assert "--metrics entropy,kl,dz_max --format svg" in lines[3]
+    assert (scratch / "results/sweep/figures/entropy-kl-dz_max.svg").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- Python blocks
+# Each check gets a block's printed output; it is chosen by a line of code only that block has.
+
+CHECKS = {}
+
+
+def check(marker: str):
+    def register(fn):
+        CHECKS[marker] = fn
+        return fn
+    return register
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan)", text, flags=re.I)]
+
+
+def softmax_entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of softmax over the last axis, in float64."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return -(np.exp(log_p) * log_p).sum(axis=-1)
+
+
+def npg_from_uniform(r: np.ndarray, eta: float, steps):
+    """NPG from the uniform policy on bandits with means ``r: [..., A]``: ``dz = eta (r - J)``, and
+    the shift by ``J`` leaves the softmax alone, so ``pi_k = softmax(k eta r)`` in closed form.
+    For each step ``k`` of ``steps``: the realized change ``H(pi_{k+1}) - H(pi_k)`` and the
+    predicted ``-eta Cov_{pi_k}(log pi_k, r)``, each ``[..., len(steps)]`` (float64)."""
+    k = np.asarray(steps, np.float64)[:, None]
+    logits = k * eta * r[..., None, :]  # [..., K, A]
+    z = logits - logits.max(axis=-1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    p, rr = np.exp(log_p), r[..., None, :]
+    cov = (p * log_p * rr).sum(-1) - (p * log_p).sum(-1) * (p * rr).sum(-1)
+    realized = softmax_entropy(logits + eta * rr) - softmax_entropy(logits)
+    return realized, -eta * cov
+
+
+@check('df.groupby("eta")[["dH_pred_cov", "dH_realized"]].corr()')
+def check_api_demo(out: str):
+    """NPG from uniform on 200 random 10-armed bandits (means U[0, 1]), eta 0.1 and 0.4."""
+    rows = [floats(line) for line in out.splitlines() if re.match(r"^\d+\s+0\.1\s", line)]
+    assert len(rows) == 5
+    _, eta, seed, step, entropy, realized, predicted = np.array(rows).T
+    assert (eta == 0.1).all() and (seed == 0).all() and list(step) == [0, 1, 2, 3, 4]
+    assert entropy[0] == pytest.approx(math.log(10), abs=1e-6)   # the uniform policy
+    assert abs(predicted[0]) < 1e-6             # log pi is constant: no covariance at uniform
+    # H(pi_{k+1}) - H(pi_k) is the realized change (to the printed digits), always a decrease.
+    np.testing.assert_allclose(np.diff(entropy), realized[:-1], atol=2e-6)
+    assert (realized < 0).all() and (predicted[1:] < 0).all()
+    # Second order: dH_realized(0) = -eta^2 Var(r) / 2 + O(eta^3) and dH_pred_cov(1) =
+    # -eta^2 Var_{pi_1}(r), with pi_1 a step from uniform: their ratio is 2 to O(eta).
+    assert predicted[1] / realized[0] == pytest.approx(2.0, rel=0.03)
+    # The correlation over seeds and steps, against independent NumPy replicates of the same
+    # set-up (the closed form above on freshly drawn bandits).
+    corr = {}
+    for line in out.splitlines():
+        m = re.match(r"^(0\.\d+)\s+dH_pred_cov\s+(\S+)\s+(\S+)$", line.strip())
+        if m:
+            corr[float(m[1])] = float(m[3])
+    assert set(corr) == {0.1, 0.4}
+    rng = np.random.default_rng(0)
+    for eta, value in corr.items():
+        reps = []
+        for _ in range(30):
+            real, pred = npg_from_uniform(rng.random((200, 10)), eta, range(200))
+            reps.append(np.corrcoef(pred.ravel(), real.ravel())[0, 1])
+        assert abs(value - np.mean(reps)) < 5 * np.std(reps) + 1e-6, (eta, value, np.mean(reps))
+
+
+@check('print("first step with J > 0.99:"')
+def check_plateau(out: str):
+    """Exact softmax PG on the 3-armed bandit, as an independent NumPy loop in float32 (the
+    config's dtype): J(pi_k) before each update ``theta += eta pi (r - J)``."""
+    printed = dict(re.findall(r"first step with J > (0\.\d+): (\d+)", out))
+    r = np.array([1.0, 0.9, 0.1], np.float32)
+    theta = np.log(np.array([0.01, 0.05, 0.94], np.float32))
+    eta, returns = np.float32(0.4), []
+    for _ in range(8000):
+        pi = np.exp(theta - theta.max())
+        pi /= pi.sum()
+        returns.append(pi @ r)
+        theta = theta + eta * pi * (r - pi @ r)
+    returns = np.array(returns)
+    for threshold in ("0.89", "0.99"):
+        first = int(np.argmax(returns > float(threshold)))
+        assert returns[first] > float(threshold) and (returns[:first] <= float(threshold)).all()
+        assert int(printed[threshold]) == first, (threshold, printed, first)
+    # The plateau: the second-best arm's 0.9 is reached quickly, the best arm thousands of steps
+    # later, and the run is long enough to see it.
+    assert int(printed["0.89"]) < 500 < 5000 < int(printed["0.99"]) < 8000
+
+
+@check("jax.lax.scan(step, (theta0, opt.init(theta0)), length=20)")
+def check_pieces(out: str):
+    """NPG from uniform on means (1, 0.5, 0): pi_k = softmax(k eta r) (``npg_from_uniform``)."""
+    m = re.search(r"entropy (\S+) before, (\S+) after 20 NPG steps", out)
+    before, after = float(m[1]), float(m[2])
+    assert before == pytest.approx(math.log(3), abs=1e-4)
+    assert after == pytest.approx(softmax_entropy(20 * 0.5 * np.array([1.0, 0.5, 0.0])), abs=1e-4)
+    m = re.search(r"(\d+) rows read back \((\w+), optimizer (\w+)\); largest entropy difference "
+                  r"from the scan: (\S+)", out)
+    assert (int(m[1]), m[2], m[3]) == (20, "npg", "sgd")  # 1 seed x 20 steps; the resolved config
+    assert float(m[4]) <= 1e-5                          # the engine computes the same entropies
+
+
+@check('"output": "summary"')
+def check_summary_mode(out: str):
+    """NPG from uniform on 5000 random 10-armed bandits, statistics of step 499. The closed form
+    pi_499 = softmax(499 eta r) on independently drawn bandits (NumPy, float64) gives the
+    distribution the printed statistics estimate; each must lie within sampling error of it."""
+    table, metric = {}, None
+    for line in out.splitlines()[2:]:
+        tokens = line.split()
+        if tokens[0].isidentifier():
+            metric = tokens.pop(0)
+        table[metric, float(tokens[0])] = dict(zip(["mean", "q050", "median", "q950", "n"],
+                                                   map(float, tokens[1:])))
+    assert len(table) == 6 and all(row["n"] == 5000 for row in table.values())  # nothing dropped
+    rng = np.random.default_rng(1)
+    r = rng.random((100_000, 10))
+    for eta in (0.05, 0.1):
+        real, pred = npg_from_uniform(r, eta, [499])
+        reference = {"entropy": softmax_entropy(499 * eta * r), "cov_abs_error": np.abs(real - pred)[:, 0]}
+        for metric, x in reference.items():
+            row = table[metric, eta]
+            se = x.std() * math.sqrt(1 / 5000 + 1 / len(x))
+            assert abs(row["mean"] - x.mean()) < 4.5 * se + 5e-4 * abs(x.mean()), (metric, eta, row)
+            # A quantile q_p of 5000 draws: the reference CDF at q_p is p within sampling error
+            # (q_p as printed, to 4 digits).
+            for name, prob in (("q050", 0.05), ("median", 0.5), ("q950", 0.95)):
+                low, high = (np.mean(x <= row[name] * f) for f in (1 - 5e-4, 1 + 5e-4))
+                tol = 4.5 * math.sqrt(prob * (1 - prob) / 5000) + 1e-3
+                assert low - tol < prob < high + tol, (metric, eta, name, low, high)
+        # The law's sign is right on (almost) every seed, as in the reference; the summary has no
+        # quantiles of cov_sign_agree (not one of the quantile_metrics).
+        assert np.mean(np.sign(real) == np.sign(pred)) > 0.999
+        sign = table["cov_sign_agree", eta]
+        assert sign["mean"] > 0.999 and all(math.isnan(sign[k]) for k in ("q050", "median", "q950"))
+
+
+@check('"entropy_target": [0.5, 1.0]')
+def check_grpo_aepo(out: str):
+    """Four prompts, four correct answers of eight each (rewards 0 or 1, so 0 <= J <= 1).
+    GRPO collapses: far below ln 4, the entropy of spreading over the correct answers. AEPO
+    holds each target and reaches GRPO's return; at a held entropy the per-step change is small."""
+    m = re.search(r"GRPO entropy (\S+) return (\S+)", out)
+    grpo_entropy, grpo_return = float(m[1]), float(m[2])
+    assert 0 <= grpo_entropy < 0.25 * math.log(4) and 0.9 < grpo_return <= 1
+    rows = {row[0]: row[1:] for row in map(floats, out.splitlines()[1:]) if len(row) == 5}
+    assert set(rows) == {0.5, 1.0}
+    for target, (entropy, ret, predicted, realized) in rows.items():
+        assert abs(entropy - target) < 0.1 and grpo_entropy < entropy <= math.log(8)
+        assert grpo_return - 0.01 <= ret <= 1
+        assert abs(predicted) < 0.005 and abs(realized) < 0.005
+
+
+@check('"grpo_weighted", "eta": 2.0, "pos_weight": 1.0')
+def check_custom_rule(out: str):
+    """A piece that multiplies positive advantages by 1 changes nothing, and draws nothing of its
+    own, so the rule's run is GRPO's to the last bit."""
+    assert out.strip() == "pos_weight = 1 is GRPO: largest entropy difference 0.0"
+
+
+def test_every_python_block_has_one_check():
+    for index, block in enumerate(blocks("python")):
+        assert sum(marker in block for marker in CHECKS) == 1, f"README python block {index}"
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_readme_python_blocks_run(scratch, index, capsys):
-    exec(compile(blocks("python")[index], f"README.md python block {index}", "exec"), {})
-    assert capsys.readouterr().out
+    block = blocks("python")[index]
+    exec(compile(block, f"README.md python block {index}", "exec"), {})
+    out = capsys.readouterr().out
+    assert out
+    checks = [fn for marker, fn in CHECKS.items() if marker in block]
+    assert len(checks) == 1
+    checks[0](out)
+
+
+def test_readme_claim_tally_matches_the_experiments():
+    """The tally quoted in the README is every claim the experiments check."""
+    from experiments.common import EXPERIMENTS, module
+
+    held, experiments = re.search(r"`claims: (\d+) hold, 0 fail \((\d+) experiments\)`", README).groups()
+    assert int(held) == sum(len(module(name).CHECKS) for name in EXPERIMENTS)
+    assert int(experiments) == len(EXPERIMENTS)
 
 
 def test_readme_config_block_is_a_valid_config():
@@ -158,3 +362,35 @@ def test_readme_precision_commands_print_the_numbers_the_readme_states(scratch):
     stated = float(re.search(r"evaluated in float64 gives (\d+\.\d+)", README.replace("\n  ", " ")).group(1))
     prob = es.load(scratch / "results/precision/float32").final_policy.prob.to_numpy(np.float64)
     assert 1e6 * prob @ np.array([0.0, 0.1, 0.9]) == pytest.approx(stated, abs=0.005)
+
+
+SUMMARY_OUTPUT = """\
+                         mean      q050    median      q950     n
+metric         eta                                               
+entropy        0.05    {mean}   0.01854    0.5983     1.202  5000
+               0.10    0.3149 4.361e-05    0.1942    0.9329  5000
+cov_abs_error  0.05 1.612e-06 1.405e-07 1.417e-06 3.797e-06  5000
+               0.10 1.036e-06 9.484e-09  8.26e-07 2.802e-06  5000
+cov_sign_agree 0.05         1       NaN       NaN       NaN  5000
+               0.10         1       NaN       NaN       NaN  5000
+"""
+
+
+@pytest.mark.parametrize("check, out", [
+    # The old plateau example: J never passed 0.99, and idxmax of an all-False series printed 0.
+    (check_plateau, "first step with J > 0.89: 168\nfirst step with J > 0.99: 0\n"),
+    (check_plateau, "first step with J > 0.89: 168\nfirst step with J > 0.99: 7700\n"),
+    (check_pieces, "entropy 1.0986 before, 0.0500 after 20 NPG steps\n20 rows read back (npg, "
+                   "optimizer sgd); largest entropy difference from the scan: 0.0e+00\n"),
+    (check_summary_mode, SUMMARY_OUTPUT.format(mean="0.6241")),
+    (check_grpo_aepo, "GRPO entropy 0.2 return 0.997\n                 entropy    return  dH_pred_cov  "
+                      "dH_realized\nentropy_target\n0.5  0.498937  0.996245  0.000050  -0.000131\n"
+                      "1.0  0.851228  0.995003  0.001209  0.000254\n"),
+], ids=["old plateau", "plateau off by one", "pieces", "summary mean", "aepo off target"])
+def test_readme_checks_reject_wrong_numbers(check, out):
+    with pytest.raises(AssertionError):
+        check(out)
+
+
+def test_readme_summary_check_accepts_the_measured_numbers():
+    check_summary_mode(SUMMARY_OUTPUT.format(mean="0.5741"))

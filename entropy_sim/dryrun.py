@@ -1,0 +1,243 @@
+"""``entropy-sim run CONFIG.toml --dry-run``: what a run would do, from its config alone.
+
+``plan(config)`` builds nothing: no environment, no initial policy, no program. It reads
+the resolved config, cuts the run into chunks and grid batches exactly as the runner will
+(``runner.make_plan``, which needs only the sizes and the device count), lists the metric columns
+the run logs (the per-step diagnostics traced abstractly with ``jax.eval_shape``, plus the rule's
+own columns), and estimates the memory of the metrics: one chunk of per-seed values on the
+devices, and the result on the host. ``DryRun.render`` prints it: the resolved config as TOML (it
+runs as it is), then the plan as ``#`` comments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from entropy_sim.algorithms import RULES
+from entropy_sim.config import Config, Section, _resolve_env
+from entropy_sim.diagnostics import step_metrics
+from entropy_sim.envs.base import Evaluation
+from entropy_sim.errors import ConfigError
+from entropy_sim.results import _ordered
+from entropy_sim.runner import make_plan
+from entropy_sim.summary import DERIVED
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRun:
+    """The plan of a run. Sizes: ``grid_rows`` and ``padded_seeds`` are the rows and seeds one
+    compiled call holds (padding included, ``sharding.layout``); ``chunk_logged`` the logged steps
+    of the longest chunk; ``columns`` the per-step metrics, each a ``dtype`` number per grid
+    point, seed and logged step; ``num_states, num_actions`` the policy's shape."""
+
+    config: Config
+    sweep: dict
+    grid_points: int
+    logged_steps: int
+    chunks: list
+    grid_batches: list
+    grid_rows: int
+    padded_seeds: int
+    seed_block: int
+    mesh: tuple
+    columns: list
+    num_states: int
+    num_actions: int
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.config["dtype"]).itemsize
+
+    @property
+    def chunk_lengths(self) -> list[int]:
+        """The distinct chunk lengths, longest first: one compiled chunk program each."""
+        return sorted({length for _, length in self.chunks}, reverse=True)
+
+    @property
+    def compiled_programs(self) -> int:
+        """The initial state's program and one per chunk length; every grid batch is padded to
+        the same rows, so all batches share them."""
+        return 1 + len(self.chunk_lengths)
+
+    @property
+    def work_units(self) -> int:
+        """Calls of a compiled chunk: grid batches x chunks."""
+        return len(self.grid_batches) * len(self.chunks)
+
+    @property
+    def chunk_logged(self) -> int:
+        return max(self.chunk_lengths) // self.config["log_every"]
+
+    @property
+    def summary_mode(self) -> bool:
+        return self.config["output"] == "summary"
+
+    @property
+    def device_columns(self) -> int:
+        """Per-seed columns of a chunk on the devices (summary mode adds the covariance law's
+        three error columns there, before reducing over the seeds)."""
+        return len(self.columns) + (len(DERIVED) if self.summary_mode else 0)
+
+    @property
+    def device_bytes(self) -> int:
+        """The per-seed metric buffers of one chunk on the devices (in either mode)."""
+        return (self.grid_rows * self.padded_seeds * self.chunk_logged * self.device_columns
+                * self.itemsize)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the metrics table (full mode): grid points x seeds x logged steps."""
+        return self.grid_points * self.config["seeds"] * self.logged_steps
+
+    @property
+    def stats_per_metric(self) -> int:
+        """Summary mode: mean, std, n and one array per quantile, for every metric."""
+        return 3 + len(self.config["quantiles"])
+
+    @property
+    def host_bytes(self) -> int:
+        """What the result holds of the metrics: full mode ``{metric: [G, N, T]}`` (plus one
+        byte per row for the ``nonfinite`` flags in mark mode); summary mode
+        ``{metric: {stat: [G, T]}}`` for the metrics and the three error metrics, plus the
+        non-finite counts (two int32 per grid point and step)."""
+        if self.summary_mode:
+            cells = self.grid_points * self.logged_steps
+            return (cells * (len(self.columns) + len(DERIVED)) * self.stats_per_metric
+                    * self.itemsize + cells * 2 * 4)
+        flags = self.rows if self.config["on_nonfinite"] == "mark" else 0
+        return self.rows * len(self.columns) * self.itemsize + flags
+
+    @property
+    def final_logits_bytes(self) -> int:
+        """The final logits ``[G, N, S, A]`` the result keeps."""
+        return (self.grid_points * self.config["seeds"] * self.num_states * self.num_actions
+                * self.itemsize)
+
+    def render(self) -> str:
+        """The resolved config as TOML, then the plan as comments."""
+        cfg = self.config
+        dtype, size = cfg["dtype"], self.itemsize
+        grid = (" x ".join(f"{k} = {json.dumps(v)}" for k, v in self.sweep.items())
+                or "nothing swept")
+        lengths = ", ".join(f"{n}" for n in self.chunk_lengths)
+        seeds = (f"{cfg['seeds']} (computed as {self.padded_seeds}: blocks of {self.seed_block} "
+                 f"seeds; devices: {self.mesh[0]} for grid points x {self.mesh[1]} for seeds)")
+        lines = [
+            f"grid: {self.grid_points} point{'s' if self.grid_points != 1 else ''} ({grid})",
+            f"seeds: {seeds}",
+            f"steps: {cfg['steps']}, logged steps: {self.logged_steps} "
+            f"(log_every = {cfg['log_every']})",
+            f"chunks: {len(self.chunks)} (steps per chunk: {lengths}); grid batches: "
+            f"{len(self.grid_batches)} of up to {self.grid_batches[0][1]} grid points "
+            f"({self.grid_rows} rows per compiled call)",
+            f"compiled programs: {self.compiled_programs} (the initial state + "
+            f"{len(self.chunk_lengths)} chunk length{'s' if len(self.chunk_lengths) > 1 else ''}), "
+            f"chunk calls: {self.work_units} ({len(self.grid_batches)} grid batches x "
+            f"{len(self.chunks)} chunks)",
+            f"metric columns: {len(self.columns)} ({dtype}): {', '.join(self.columns)}",
+            f"device memory: {_size(self.device_bytes)} per chunk of per-seed metrics "
+            f"({self.grid_rows} grid rows x {self.padded_seeds} seeds x {self.chunk_logged} "
+            f"logged steps x {self.device_columns} columns x {size} B)",
+        ]
+        if self.summary_mode:
+            lines.append(
+                f"host memory: {_size(self.host_bytes)} of statistics over seeds "
+                f"({self.grid_points} grid points x {self.logged_steps} logged steps x "
+                f"{len(self.columns) + len(DERIVED)} metrics x {self.stats_per_metric} statistics "
+                f"x {size} B, + 8 B of non-finite counts per grid point and step)")
+        else:
+            flags = " + 1 B per row of nonfinite flags" if cfg["on_nonfinite"] == "mark" else ""
+            lines.append(f"host memory: {_size(self.host_bytes)} of metrics ({self.rows} rows x "
+                         f"{len(self.columns)} columns x {size} B{flags})")
+        lines.append(f"final logits: {_size(self.final_logits_bytes)} ({self.grid_points} x "
+                     f"{cfg['seeds']} x {self.num_states} states x {self.num_actions} actions x "
+                     f"{size} B)")
+        head = ["# Resolved config (every default filled in; runs as it is):"]
+        return "\n".join(head + [to_toml(cfg.to_dict()), ""] + [f"# {line}" for line in lines])
+
+
+def plan(config: Config) -> DryRun:
+    """The plan of ``config`` (see the module docstring); raises ``ConfigError`` for what only
+    the run would otherwise find: more ``devices`` than there are, unknown ``quantile_metrics``."""
+    _, swept = config.grid()
+    shape = SimpleNamespace(config=config, num_grid=len(swept), num_seeds=config["seeds"])
+    p = make_plan(shape)  # reads only these three attributes of an Experiment
+    columns = metric_columns(config)
+    if config["output"] == "summary":
+        unknown = sorted(set(config["quantile_metrics"]) - set(columns) - set(DERIVED))
+        if unknown:
+            raise ConfigError("quantile_metrics", f"unknown metric(s) {unknown}; this run logs "
+                                                  f"{sorted([*columns, *DERIVED])}")
+    _, (num_states, num_actions) = _resolve_env(Section("env", config.to_dict()["env"]))
+    lay = p.layout
+    return DryRun(config=config, sweep=config.sweep, grid_points=len(swept),
+                  logged_steps=config["steps"] // config["log_every"], chunks=p.chunks,
+                  grid_batches=p.grid_batches, grid_rows=lay.grid_size, padded_seeds=lay.padded,
+                  seed_block=lay.block, mesh=tuple(lay.mesh.devices.shape), columns=columns,
+                  num_states=num_states, num_actions=num_actions)
+
+
+def metric_columns(config: Config) -> list[str]:
+    """The floating-point columns a run of ``config`` logs per grid point, seed and step: the
+    per-step diagnostics, the rule's closed form and extra columns, ``return_reg`` for rules with
+    ``tau``, and ``pass_at_k`` where every reward is 0 or 1."""
+    one = jax.ShapeDtypeStruct((), jnp.float32)
+    sa, s = jax.ShapeDtypeStruct((1, 2), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
+    ev = Evaluation(pi=sa, log_pi=sa, ent=s, occ=s, q=sa, v=s, adv=sa, ret=one, ret_reg=one,
+                    success=s)
+    columns = _ordered(jax.eval_shape(step_metrics, ev, ev, sa))  # traced, never compiled
+    rule = RULES[config["algo"]["name"]]
+    columns += ["dH_pred_closed", *rule.info]
+    if "tau" in rule.hparams:
+        columns.append("return_reg")
+    if binary_rewards(config.to_dict()["env"]):
+        columns += [f"pass_at_{k}" for k in config["pass_at"]]
+    return _ordered(columns)  # the order of the metrics table
+
+
+def binary_rewards(env: dict) -> bool:
+    """Whether every reward of the resolved ``[env]`` table is 0 or 1 (as the runner decides
+    from the built environments: MDPs never, token trees always)."""
+    if env["kind"] == "mdp":
+        return False
+    if env["kind"] == "token_tree":
+        return True
+    values = env.get("means", env.get("r"))
+    if values is None:
+        gen = env["generator"]
+        if gen in ("bernoulli", "verifiable"):
+            return True
+        values = [env["low"], env["high"]] if gen == "uniform" else [env["loc"]]
+        if (gen == "uniform" and env["low"] != env["high"]) or (gen == "gaussian" and env["scale"]):
+            return False
+    return bool(np.isin(np.asarray(values, np.float64), (0.0, 1.0)).all())
+
+
+def to_toml(data: dict) -> str:
+    """A resolved config as TOML: top-level keys, then one ``[table]`` per table. Unset optional
+    fields (None) are left out, as TOML has no null; their defaults are None again."""
+    def line(key, value):
+        name = key if _BARE_KEY.match(key) else json.dumps(key)
+        return f"{name} = {json.dumps(value)}"
+
+    lines = [line(k, v) for k, v in data.items() if not isinstance(v, dict) and v is not None]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"] + [line(k, v) for k, v in table.items() if v is not None]
+    return "\n".join(lines)
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
