@@ -34,7 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 import entropy_sim as es  # noqa: F401  (configures XLA before JAX starts)
 import jax

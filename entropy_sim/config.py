@@ -157,7 +157,7 @@ TABLE_NAMES = ("env", "policy", "algo")
 
 def table_keys() -> dict[str, set[str]]:
     """Every key some setting of each table accepts (``""``: the top level)."""
-    algo = {k for r in RULES.values() for k in (*r.hparams, *r.options)}
+    algo = {d.name for r in RULES.values() for d in (*r.hparams, *r.options)}
     return {"": set(TOP_LEVEL), "env": {"kind", *_ENV_KEYS}, "policy": set(_POLICY_KEYS),
             "algo": {"name", "optimizer", *algo}}
 

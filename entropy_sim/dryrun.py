@@ -16,14 +16,11 @@ import json
 import re
 from types import SimpleNamespace
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim.algorithms import RULES
 from entropy_sim.config import Config, Section, _resolve_env
-from entropy_sim.diagnostics import step_metrics
-from entropy_sim.envs.base import Evaluation
+from entropy_sim.diagnostics import RETURN_REG, STEP_COLUMNS
 from entropy_sim.errors import ConfigError
 from entropy_sim.results import _ordered
 from entropy_sim.runner import make_plan
@@ -190,15 +187,10 @@ def metric_columns(config: Config) -> list[str]:
     """The floating-point columns a run of ``config`` logs per grid point, seed and step: the
     per-step diagnostics, the rule's closed form and extra columns, ``return_reg`` for rules with
     ``tau``, and ``pass_at_k`` where every reward is 0 or 1."""
-    one = jax.ShapeDtypeStruct((), jnp.float32)
-    sa, s = jax.ShapeDtypeStruct((1, 2), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
-    ev = Evaluation(pi=sa, log_pi=sa, ent=s, occ=s, q=sa, v=s, adv=sa, ret=one, ret_reg=one,
-                    success=s)
-    columns = _ordered(jax.eval_shape(step_metrics, ev, ev, sa))  # traced, never compiled
     rule = RULES[config["algo"]["name"]]
-    columns += ["dH_pred_closed", *rule.info]
-    if "tau" in rule.hparams:
-        columns.append("return_reg")
+    columns = [c.name for c in STEP_COLUMNS] + list(rule.column_names)
+    if "tau" in rule.defaults:
+        columns.append(RETURN_REG.name)
     if binary_rewards(config.to_dict()["env"]):
         columns += [f"pass_at_{k}" for k in config["pass_at"]]
     return _ordered(columns)  # the order of the metrics table

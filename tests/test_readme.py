@@ -133,8 +133,17 @@ def npg_from_uniform(r: np.ndarray, eta: float, steps):
 @check('df.groupby("eta")[["dH_pred_cov", "dH_realized"]].corr()')
 def check_api_demo(out: str):
     """NPG from uniform on 200 random 10-armed bandits (means U[0, 1]), eta 0.1 and 0.4."""
-    rows = [floats(line) for line in out.splitlines() if re.match(r"^\d+\s+0\.1\s", line)]
+    head, _, tail = out.partition("dH_pred_cov  dH_realized")
+    rows = [floats(line) for line in head.splitlines() if re.match(r"^\d+\s+0\.1\s", line)]
     assert len(rows) == 5
+    # The final policy read back: eta, seed, state, action, logit, prob; probabilities are the
+    # softmax of the logits over each state's actions (five of its ten actions printed).
+    final = [floats(line) for line in tail.splitlines() if re.match(r"^\d+\s+0\.1\s+0\s+0\s", line)]
+    assert len(final) == 5 and [int(r[4]) for r in final] == [0, 1, 2, 3, 4]
+    logits, probs = np.array([r[5] for r in final]), np.array([r[6] for r in final])
+    ref = np.argmax(probs)  # pandas prints 6 decimals: compare within that rounding
+    implied = probs[ref] * np.exp(logits - logits[ref])
+    assert np.all(np.abs(implied - probs) <= 6e-7 + 1e-5 * probs), (implied, probs)
     _, eta, seed, step, entropy, realized, predicted = np.array(rows).T
     assert (eta == 0.1).all() and (seed == 0).all() and list(step) == [0, 1, 2, 3, 4]
     assert entropy[0] == pytest.approx(math.log(10), abs=1e-6)   # the uniform policy
