@@ -9,7 +9,8 @@ from entropy_sim import _xla
 
 _xla.configure()  # before anything starts JAX's CPU backend
 
-from entropy_sim import algorithms, envs, policies, rules, sampled, sampling, softmax  # noqa: E402
+from entropy_sim import (algorithms, catalog, envs, objectives, parts, policies, rules,  # noqa: E402
+                         sampled, sampling, softmax)
 from entropy_sim.api import load_config, run  # noqa: E402
 from entropy_sim.compile_cache import enable_compilation_cache  # noqa: E402
 from entropy_sim.config import Config  # noqa: E402
@@ -20,7 +21,7 @@ from entropy_sim.runner import NonFiniteError  # noqa: E402
 
 __all__ = [
     "Config", "ConfigError", "Experiment", "NonFiniteError", "ResultFolder", "Results", "algorithms",
-    "build", "enable_compilation_cache", "envs", "load", "load_config", "policies", "rules", "run",
-    "sampled", "sampling", "softmax",
+    "build", "catalog", "enable_compilation_cache", "envs", "load", "load_config", "objectives",
+    "parts", "policies", "rules", "run", "sampled", "sampling", "softmax",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """Exact (expected-gradient) update rules for tabular softmax policies. docs/theory.md §3, §4.
 
-Each rule (exact here, sampled in ``sampled.py``) is one pure, unbatched function
+Each rule (exact here, REINFORCE-type in ``sampled.py``, the GRPO family chained from pieces in
+``objectives.py``) is one pure, unbatched function
 
     rule(theta, opt_state, ev, env, hp, key, opt, **options) -> (theta_next, opt_state_next, info)
 
@@ -11,7 +12,8 @@ settings such as batch sizes (a new value compiles anew; a new ``hp`` value does
 ``eta`` the step is ``dz = eta * direction``, the textbook rule, and ``info["dH_pred_closed"]`` is
 the rule's T4 closed form aggregated as ``sum_s d(s) dH(s)``. Under any other optimiser the
 closed form does not describe the step; the runner reports it as NaN.
-The runner vmaps rules over seeds and over the hyperparameter grid.
+The runner vmaps rules over seeds and over the hyperparameter grid. ``algorithms.py`` registers
+each rule with its declarations (``parts.RuleSpec``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 from entropy_sim import softmax
 from entropy_sim.diagnostics import temperature_law
 from entropy_sim.envs.base import Evaluation
-from entropy_sim.optim import OPTIMIZERS, apply_direction, make_optimizer  # noqa: F401
+from entropy_sim.optim import OPTIMIZERS, apply_direction, make_optimizer  # noqa: F401 (re-exported)
 from entropy_sim.sampling import response_table, score_from_table
 
 Array = jax.Array
