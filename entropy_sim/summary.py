@@ -103,7 +103,7 @@ def over_seeds(metrics: dict[str, Array], real: Array, quantiles: tuple[float, .
         else:
             stats.update({quantile_name(p): jnp.full_like(mean, jnp.nan) for p in quantiles})
         out[name] = stats
-    first = jnp.where(jnp.any(bad, axis=1), jnp.argmax(bad, axis=1), -1)
+    first = jnp.where(jnp.any(bad, axis=1), jnp.argmax(bad, axis=1), -1).astype(jnp.int32)
     out["nonfinite"] = {"count": jnp.sum(bad, axis=1).astype(jnp.int32), "first_seed": first}
     return out
 
