@@ -16,7 +16,7 @@ package's workloads (many reductions over a short action axis, batched over thou
 they are an order of magnitude slower than XLA's own fused loops: an exact NPG step on 10-armed
 bandits takes 22 s per 10^7 seed-steps with them and 1.7 s without (on this project's 2-core test machine). We
 switch them off unless the user set the flag, and only for jaxlib versions that know the flag
-(an unknown flag in XLA_FLAGS aborts the process). The flag concerns XLA:CPU alone; it has no
+(an unknown flag in XLA_FLAGS aborts the process), and only where JAX runs on the CPU; it has no
 effect if the backend already started.
 """
 
@@ -30,8 +30,8 @@ _ACCELERATOR_PLUGINS = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-pl
 
 
 def configure() -> None:
-    _ynn_off()  # before JAX is imported
     if on_cpu():
+        _ynn_off()  # before JAX is imported
         _cpu_devices()
 
 
