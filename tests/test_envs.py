@@ -458,6 +458,31 @@ def test_a_bandit_is_a_contextual_bandit_with_one_context():
     np.testing.assert_allclose(ev.occ, [1.0])
 
 
+def test_every_environment_states_the_interface_explicitly():
+    """Each environment class implements ``envs.Environment`` member by member: the runner and
+    the rules ask it, never probe it for attributes."""
+    cases = [  # env, tallies, correct_answers, binary_rewards
+        (envs.bandit([1.0, 0.0, 0.0]), True, True, True),
+        (envs.bandit([1.0, 0.0], noise="gaussian"), False, True, True),
+        (envs.contextual_bandit([[1.0, 0.0], [0.5, 0.0]]), False, True, False),
+        (envs.mdp([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]], [[0.0, 1.0], [1.0, 0.0]], 0.5),
+         False, False, False),
+        (envs.chain(3), False, False, False),
+        (envs.token_tree(2, 2, [[[0, 1]], [[1, 1]]]), False, True, True),
+    ]
+    for env, tallies, correct, binary in cases:
+        assert isinstance(env, envs.Environment), type(env)
+        assert (env.tallies, env.correct_answers, env.binary_rewards()) == (tallies, correct, binary)
+        assert env.prompt_weights().shape == (env.num_prompts,)
+        assert env.evaluate(jnp.zeros((env.num_states, env.num_actions))).success.shape == (env.num_prompts,)
+        if not isinstance(env, envs.ContextualBandit):  # multi-token responses: no tallies
+            with pytest.raises(NotImplementedError):
+                env.tally(jax.random.PRNGKey(0), jnp.full((1, env.num_actions), 0.5), 4)
+        if not correct:
+            with pytest.raises(NotImplementedError):
+                env.correct_mask()
+
+
 @pytest.mark.parametrize("arms, contexts, num_correct", [(10, 3, 9)])
 def test_verifiable_generator_gives_exactly_num_correct_ones_per_prompt(arms, contexts, num_correct):
     keys = jax.random.split(jax.random.PRNGKey(arms), 6)

@@ -13,7 +13,7 @@ import numpy as np
 
 from entropy_sim import errors, prng
 from entropy_sim.sampling import Batch, Tally, count_at_least, draw_prompts, inverse_cdf
-from entropy_sim.envs.base import Evaluation, float_dtype as _float, policy, soft_values
+from entropy_sim.envs.base import Evaluation, all_binary, float_dtype as _float, policy, soft_values
 
 Array = jax.Array
 
@@ -33,6 +33,8 @@ class ContextualBandit:
     rho: Array        # [S] prompt weights, sum to 1
     noise_std: Array  # [] standard deviation of Gaussian reward noise
     noise: str = dataclasses.field(default="deterministic", metadata=dict(static=True))
+
+    correct_answers = True  # the best actions of each prompt (``correct_mask``)
 
     @property
     def num_states(self) -> int:
@@ -124,6 +126,13 @@ class ContextualBandit:
     def correct_mask(self) -> Array:
         """``[S, A]`` True for the best actions of each prompt (the correct answers)."""
         return self.r >= jnp.max(self.r, axis=-1, keepdims=True)
+
+    def binary_rewards(self) -> bool:
+        """Every mean reward is 0 or 1 (pass@k is then defined)."""
+        return all_binary(self.r)
+
+    def prompt_weights(self) -> Array:
+        return self.rho
 
     def optimal_return(self) -> Array:
         """``J* = sum_s rho(s) max_a r[s, a]``. ``[]``."""

@@ -31,6 +31,9 @@ class TabularMDP:
     # Steps of a sampled rollout (sampled rules only); truncation leaves out gamma^H of the return.
     rollout_length: int = dataclasses.field(default=0, metadata=dict(static=True))
 
+    correct_answers = False  # rewards are graded: no set of correct answers
+    tallies = False  # rollouts are several steps long: no per-action sufficient statistics
+
     @property
     def num_states(self) -> int:
         return self.r.shape[-2]
@@ -91,6 +94,20 @@ class TabularMDP:
         last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731  [L, M, G] -> [M, G, L]
         return Batch(prompt=start, state=last(state), action=last(action), reward=togo[0],
                      togo=last(togo), discount=discount)
+
+    def tally(self, key: Array, probs: Array, responses: int):
+        raise NotImplementedError("an MDP has no tallies (tallies is False); use sample")
+
+    def correct_mask(self) -> Array:
+        raise NotImplementedError("an MDP has no correct answers (correct_answers is False)")
+
+    def binary_rewards(self) -> bool:
+        """Never: pass@k needs prompts with correct answers."""
+        return False
+
+    def prompt_weights(self) -> Array:
+        """One prompt (``Evaluation.success`` is the return)."""
+        return jnp.ones((1,), self.r.dtype)
 
 
 def default_rollout_length(gamma: float, tail: float = 1e-3) -> int:

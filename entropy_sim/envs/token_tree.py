@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors, prng
-from entropy_sim.envs.base import Evaluation, float_dtype, policy
+from entropy_sim.envs.base import Evaluation, all_binary, float_dtype, policy
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 
 Array = jax.Array
@@ -36,6 +36,9 @@ class TokenTree:
     rho: Array     # [P] prompt weights, sum to 1
     vocab: int = dataclasses.field(metadata=dict(static=True))
     length: int = dataclasses.field(metadata=dict(static=True))
+
+    correct_answers = True  # the tokens that can still lead to a correct response
+    tallies = False  # responses are several tokens long: no per-action sufficient statistics
 
     @property
     def num_prompts(self) -> int:
@@ -139,6 +142,15 @@ class TokenTree:
     def optimal_return(self) -> Array:
         """``J* = sum_p rho(p) max_o R(p, o)``. ``[]``."""
         return jnp.sum(self.rho * jnp.max(self.reward, axis=-1))
+
+    def tally(self, key: Array, probs: Array, responses: int):
+        raise NotImplementedError("a token tree has no tallies (tallies is False); use sample")
+
+    def binary_rewards(self) -> bool:
+        return all_binary(self.reward)
+
+    def prompt_weights(self) -> Array:
+        return self.rho
 
     def sequence_index(self, tokens) -> int:
         """Index of a complete response (list of ``L`` token ids) in ``reward``'s last axis."""
