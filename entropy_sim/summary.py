@@ -18,10 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim.errors import ConfigError
+from entropy_sim.parts import Column
 
 Array = jax.Array
 
-DERIVED = ("cov_error", "cov_abs_error", "cov_sign_agree")
+DERIVED = (
+    Column("cov_error", "dH_realized - dH_pred_cov: the covariance law's error"),
+    Column("cov_abs_error", "|dH_realized - dH_pred_cov|"),
+    Column("cov_sign_agree", "1 where the predicted and realized changes have the same sign, else 0"),
+)
 
 
 def quantile_name(p: float) -> str:
