@@ -267,7 +267,9 @@ def _branching_at_most_states(v, ctx) -> None:
                                               f"{v['branching']}")
 
 
-_BUILT_GAMMA = rollout_length(lambda v, ctx: float(ctx.env.gamma))
+# For MDPs whose discount is known once built (explicit arrays, a file, an MDP kind of your own;
+# with ``prepare=with_rollout``).
+ROLLOUT_LENGTH = rollout_length(lambda v, ctx: float(ctx.env.gamma))
 _GENERATORS = {
     "garnet": Variant("random transitions to branching states, rewards U[0, 1]", (
         Field("states", "int", doc="number of states", low=1),
@@ -297,11 +299,11 @@ register(EnvKind("mdp", doc="a tabular discounted MDP", prepare=with_rollout, fi
         Field("P", "array", doc="transition probabilities [S][A][S']", ndim=3),
         Field("r", "array", doc="expected rewards [S][A]", ndim=2),
         Field("gamma", "float", doc="discount in [0, 1)", **GAMMA),
-        Field("mu", "array", None, "start distribution (default uniform)", ndim=1), _BUILT_GAMMA),
+        Field("mu", "array", None, "start distribution (default uniform)", ndim=1), ROLLOUT_LENGTH),
         build=lambda v: mdp(v["P"], v["r"], v["gamma"], v["mu"])),
     "path": Variant("an .npz file", (
         Field("path", "path", doc=".npz file with arrays P, r, gamma and optionally mu"),
-        _BUILT_GAMMA), build=lambda v: load_npz(v["path"])),
+        ROLLOUT_LENGTH), build=lambda v: load_npz(v["path"])),
     "generator": Variant("garnet, chain, gridworld", (
         Field("generator", "str", doc="the MDP family", choices=tuple(_GENERATORS)),
         Field("gamma", "float", 0.9, "discount in [0, 1)", **GAMMA),
