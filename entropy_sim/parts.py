@@ -234,15 +234,16 @@ class Field:
 class Variant:
     """One alternative of a table: its ``fields`` (declarations: ``Field``, ``OneOf``, ``Cases``
     and checks), and what its owner needs from it. Environments: ``build(values) -> env or
-    envs.Draw``; ``shape(values) -> (S, A)`` when it is known without building; ``binary``:
-    whether the rewards are all 0 or 1 (None: ask the built environment). Policies:
+    envs.Draw``; ``shape(values) -> (S, A)`` when it is known without building; ``binary``
+    (a bool or a function of the values): whether every reward is 0 or 1, for drawn rewards
+    (None: ask the built environment, or for a draw, unknown). Policies:
     ``build(values, start) -> theta0``."""
 
     doc: str = ""
     fields: tuple = ()
     build: Callable | None = None
     shape: Callable | None = None
-    binary: bool | None = None
+    binary: bool | Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)

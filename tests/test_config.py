@@ -110,13 +110,14 @@ def test_quantile_metrics_accept_every_column_the_run_logs():
     es.Config(small_config(env=binary, quantile_metrics=["pass_at_8", "cov_abs_error", "dH_pred_closed"]))
     es.Config(small_config(algo={"name": "reinforce", "eta": 0.1}, quantile_metrics=["batch_reward"]))
     es.Config(small_config(algo={"name": "pg_entropy", "eta": 0.1, "tau": 0.1}, quantile_metrics=["return_reg"]))
-    # Drawn environments: pass@k where the generator makes binary rewards; unknown ones are let
-    # through to the run, which logs pass@k if the drawn rewards turn out binary.
-    es.Config(small_config(env={"kind": "contextual_bandit", "contexts": 2, "actions": 3,
-                                "generator": "verifiable"}, quantile_metrics=["pass_at_1"]))
-    es.Config(small_config(env={"kind": "bandit", "arms": 3}, quantile_metrics=["pass_at_1"]))
-    with pytest.raises(es.ConfigError, match="0 or 1"):
-        es.Config(small_config(env={"kind": "mdp", "generator": "chain", "states": 3}, quantile_metrics=["pass_at_1"]))
+    # Drawn environments: pass@k where the generator's declaration says the rewards are binary.
+    for env in [{"kind": "contextual_bandit", "contexts": 2, "actions": 3, "generator": "verifiable"},
+                {"kind": "bandit", "arms": 3, "low": 1.0, "high": 1.0},
+                {"kind": "token_tree", "vocab": 2, "length": 2}]:
+        es.Config(small_config(env=env, quantile_metrics=["pass_at_1"]))
+    for env in [{"kind": "bandit", "arms": 3}, {"kind": "mdp", "generator": "chain", "states": 3}]:
+        with pytest.raises(es.ConfigError, match="0 or 1"):
+            es.Config(small_config(env=env, quantile_metrics=["pass_at_1"]))
 
 
 def test_a_table_is_validated_from_its_declarations_alone():

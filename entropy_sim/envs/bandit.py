@@ -274,13 +274,15 @@ RHO = Field("rho", "array", None, "prompt weights (default uniform)", ndim=1)
 GENERATORS = {
     "uniform": Variant("means uniform on [low, high]", (
         Field("low", "float", 0.0, "lowest mean reward"),
-        Field("high", "float", 1.0, "highest mean reward", low=lambda v, ctx: float(v["low"])))),
+        Field("high", "float", 1.0, "highest mean reward", low=lambda v, ctx: float(v["low"]))),
+        binary=lambda v: v["low"] == v["high"] and v["low"] in (0, 1)),  # every mean is low
     "bernoulli": Variant("means in {0, 1}", (
         Field("p", "float", 0.5, "probability of a mean reward of 1", low=0.0, high=1.0),),
         binary=True),
     "gaussian": Variant("means N(loc, scale^2)", (
         Field("loc", "float", 0.0, "mean of the mean rewards"),
-        Field("scale", "float", 1.0, "standard deviation of the mean rewards", low=0.0))),
+        Field("scale", "float", 1.0, "standard deviation of the mean rewards", low=0.0)),
+        binary=lambda v: v["scale"] == 0 and v["loc"] in (0, 1)),
     "verifiable": Variant("num_correct correct answers (reward 1) per prompt, the rest 0", (
         Field("num_correct", "int", 1, "correct answers per prompt", low=1),
         _fewer_correct_than_actions), binary=True),

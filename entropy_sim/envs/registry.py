@@ -153,7 +153,7 @@ class EnvInfo:
         """Whether every reward is 0 or 1; None when only the drawn environments can tell."""
         for variant in reversed(self.chosen):
             if variant.binary is not None:
-                return variant.binary
+                return variant.binary(self.values) if callable(variant.binary) else variant.binary
         return None if isinstance(self.recipe, Draw) else self.env.binary_rewards()
 
 
