@@ -10,10 +10,11 @@ draw is ``shared``, once with the run's shared key. Alternatives (``Variant``) m
 
 ``register`` adds a kind; ``kind`` is the same as a decorator::
 
-    @es.envs.kind("two_state", Field("p", "float", 0.5, "P(reach the rewarding state)", low=0, high=1))
+    @es.envs.kind("two_state", Field("p", "float", 0.5, "P(action 1 reaches state 1)", low=0, high=1))
     def two_state(cfg):
-        return es.envs.mdp([[[1 - cfg["p"], cfg["p"]], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]],
-                           [[0.0, 0.0], [1.0, 1.0]], 0.9)
+        p = cfg["p"]
+        return es.envs.mdp([[[1.0, 0.0], [1 - p, p]], [[0.0, 1.0], [0.0, 1.0]]],
+                           [[0.0, 0.0], [1.0, 1.0]], gamma=0.9, mu=[1.0, 0.0])
 """
 
 from __future__ import annotations
