@@ -166,7 +166,8 @@ class Field:
     ``array`` (numbers, nested lists of ``ndim`` dimensions, every entry finite). ``default``:
     ``REQUIRED``, ``None`` (optional: absent means None, never checked), a value, or a function
     ``(values, ctx) -> value`` of the fields read before it. ``low``/``high`` bound a number (or
-    every entry of a list), open or closed; they too may be functions ``(values, ctx)``.
+    every entry of a list), open or closed (an integer's bounds are closed); they too may be
+    functions ``(values, ctx)``.
     ``choices``: the admissible strings. ``nonempty`` and ``distinct`` constrain a list.
 
     The value stored in the resolved config is the one given (integers as ``int``, list entries
@@ -197,9 +198,10 @@ class Field:
     def scalar(self) -> bool:
         return self.kind in ("int", "float", "str", "bool", "path")
 
-    def check(self, field: str, value, low=None, high=None):
-        """``value`` checked (``low``, ``high``: the bounds, resolved), as it is stored; a
-        ``ConfigError`` naming ``field`` otherwise."""
+    def check(self, field: str, value, values: dict | None = None, ctx=None):
+        """``value`` checked, as it is stored; a ``ConfigError`` naming ``field`` otherwise.
+        ``values``, ``ctx``: what bounds given as functions read."""
+        low, high = (b(values, ctx) if callable(b) else b for b in (self.low, self.high))
         if self.choices and (not isinstance(value, str) or value not in self.choices):
             raise ConfigError(field, f"unknown value {value!r}; choose from "
                                      f"{', '.join(self.choices)}")
@@ -218,7 +220,10 @@ class Field:
 
     def _one(self, kind: str, field: str, value, low, high):
         if kind == "int":
-            return errors.integer(field, value, minimum=low)
+            value = errors.integer(field, value, minimum=low)
+            if high is not None and value > high:
+                raise ConfigError(field, f"must be <= {high}, got {value}")
+            return value
         if kind == "float":
             errors.number(field, value, low=low, high=high, low_open=self.low_open,
                           high_open=self.high_open)

@@ -66,8 +66,8 @@ class Section:
         value = self.raw(spec.name, default)
         if value is None and spec.default is None:  # an optional field left out
             return None
-        low, high = (self.call(b) if callable(b) else b for b in (spec.low, spec.high))
-        self.values[spec.name] = value = spec.check(self.field(spec.name), value, low, high)
+        self.values[spec.name] = value = spec.check(self.field(spec.name), value, self.values,
+                                                    self.ctx)
         return value
 
     def call(self, fn):
