@@ -693,7 +693,7 @@ def engine_device(exp, repeats):
     plan = runner.make_plan(exp)
     summary_mode = cfg["output"] == "summary"
     quantiles = (tuple(cfg["quantiles"]), tuple(cfg["quantile_metrics"])) if summary_mode else None
-    pass_at = tuple(cfg["pass_at"]) if runner._binary_rewards(exp) else ()
+    pass_at = tuple(cfg["pass_at"]) if exp.env.binary_rewards() else ()
     options = tuple(sorted(exp.options.items()))
     env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
     assert len(plan.grid_batches) == 1

@@ -16,7 +16,10 @@ A config has top-level run settings and three tables, ``[env]``, ``[policy]`` an
 
 ``resolve`` checks every field before anything is compiled or written and raises
 ``ConfigError`` naming the field; the result has every default filled in and is what
-``config.json`` stores. ``docs`` below lists every key.
+``config.json`` stores. Every key is declared (``parts.Field``): the top level in ``TOP``, the
+environment kinds in ``envs`` (each module registers its kinds), the initial policies in
+``policies.INITS``, the rules in ``algorithms.RULES``; ``schema.Section`` validates a table from
+its declarations.
 """
 
 from __future__ import annotations
@@ -27,142 +30,93 @@ import json
 import tomllib
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import numpy as np
 
-from entropy_sim import errors
-from entropy_sim.errors import ConfigError
+from entropy_sim import envs, policies
 from entropy_sim.algorithms import RULES
+from entropy_sim.columns import run_columns
+from entropy_sim.errors import ConfigError
 from entropy_sim.optim import OPTIMIZERS
+from entropy_sim.parts import REQUIRED, Cases, Field
+from entropy_sim.schema import Section, names
 
-ENV_KINDS = ("bandit", "contextual_bandit", "mdp", "token_tree")
-POLICY_INITS = ("uniform", "probs", "logits", "gaussian", "prior")
 DTYPES = ("float32", "float64")
 OUTPUTS = ("full", "summary")
 ON_NONFINITE = ("error", "mark")
-_REQUIRED = object()
-
-TOP_LEVEL = {
-    "name": "a label for the run (free text)",
-    "description": "free text",
-    "seed": "master seed (int >= 0); every seed, environment and sample derives from it",
-    "seeds": "number of independent runs (int >= 1)",
-    "steps": "number of updates per run (int >= 1)",
-    "log_every": "log every n-th step (int >= 1, must divide steps)",
-    "chunk_steps": "steps per compiled chunk (0 = automatic); results do not depend on it",
-    "dtype": "float32 (default) or float64",
-    "pass_at": "list of k for the exact pass@k columns (binary rewards only)",
-    "output": "full (one row per grid point, seed and step) or summary (statistics over seeds, "
-              "computed inside the scan: memory independent of the number of seeds)",
-    "quantiles": "quantiles over seeds of the summary (list of probabilities in (0, 1))",
-    "quantile_metrics": "metrics whose quantiles the summary mode computes (each costs a sort "
-                        "over the seeds per step; the others get mean, std and n)",
-    "on_nonfinite": "error (stop, naming grid point, seed and step) or mark (flag the rows, go on)",
-    "devices": "number of devices to split grid points and seeds over (0 = all that help)",
-    "grid_batch": "grid points per compiled call (0 = all); results do not depend on it",
-    "seed_block": "seeds per compiled block (0 = min(seeds, 256)); results are bitwise identical "
-                  "for any devices, grid_batch and chunk_steps at a given seed_block",
-    "env": "table: the environment",
-    "policy": "table: the initial policy",
-    "algo": "table: the update rule and its hyperparameters",
-}
 
 
-class Section:
-    """Reads one table of a raw config, checking each field and recording its resolved value;
-    ``finish`` rejects any key that was never read (a typo) and suggests the closest name."""
-
-    def __init__(self, name: str, data: Any):
-        if not isinstance(data, dict):
-            raise ConfigError(name, f"expected a table, got {type(data).__name__}")
-        self.name = name
-        self.data = dict(data)
-        self.resolved: dict[str, Any] = {}
-        self.known: set[str] = set()  # keys read for these settings
-        self.hints: set[str] = set()  # keys valid in other settings of this table
-        if name in TABLE_NAMES or not name:
-            self.check_keys()
-
-    def check_keys(self) -> None:
-        """Reject a key that no setting of this table accepts, before any field is read: a typo,
-        a misnamed table or a key in the wrong table is named first, even where a required key
-        is missing too (``algo.etta`` rather than ``algo.eta: is required``)."""
-        valid = table_keys()[self.name]
-        for key, value in self.data.items():
-            if key not in valid:
-                raise ConfigError(self.field(key), _unknown_key(self.name, key, value))
-
-    def field(self, key: str) -> str:
-        return f"{self.name}.{key}" if self.name else key
-
-    def has(self, key: str) -> bool:
-        self.known.add(key)
-        return key in self.data
-
-    def raw(self, key: str, default=_REQUIRED):
-        self.known.add(key)
-        if key in self.data:
-            value = self.data[key]
-        elif default is _REQUIRED:
-            raise ConfigError(self.field(key), "is required")
-        else:
-            value = default
-        self.resolved[key] = value
-        return value
-
-    def integer(self, key: str, default=_REQUIRED, minimum: int | None = None) -> int:
-        return errors.integer(self.field(key), self.raw(key, default), minimum=minimum)
-
-    def number(self, key: str, default=_REQUIRED, **bounds) -> float:
-        return errors.number(self.field(key), self.raw(key, default), **bounds)
-
-    def choice(self, key: str, options, default=_REQUIRED) -> str:
-        value = self.raw(key, default)
-        if not isinstance(value, str) or value not in options:
-            raise ConfigError(self.field(key), f"unknown value {value!r}; choose from "
-                                               f"{', '.join(options)}")
-        return value
-
-    def boolean(self, key: str, default=_REQUIRED) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(self.field(key), f"expected true or false, got {value!r}")
-        return value
-
-    def string(self, key: str, default=_REQUIRED) -> str:
-        value = self.raw(key, default)
-        if not isinstance(value, str):
-            raise ConfigError(self.field(key), f"expected a string, got {value!r}")
-        return value
-
-    def finish(self) -> dict:
-        unknown = [k for k in self.data if k not in self.known]
-        if unknown:
-            key = unknown[0]
-            if key in self.hints:
-                raise ConfigError(self.field(key), f"is not used with these settings "
-                                                   f"({self._settings()})")
-            hint = difflib.get_close_matches(key, sorted(self.known | self.hints), n=1)
-            raise ConfigError(self.field(key), "unknown key" + (f"; did you mean {hint[0]!r}?"
-                                                                if hint else ""))
-        return self.resolved
-
-    def _settings(self) -> str:
-        return ", ".join(f"{k} = {v!r}" for k, v in self.resolved.items() if isinstance(v, str))
+def _log_every_divides_steps(v, ctx) -> None:
+    if v["steps"] % v["log_every"]:
+        raise ConfigError("log_every", f"must divide steps = {v['steps']}, got {v['log_every']}")
 
 
-TABLE_NAMES = ("env", "policy", "algo")
+TOP = (
+    Field("name", "str", "", "a label for the run (free text)"),
+    Field("description", "str", "", "free text"),
+    Field("seed", "int", 0, "master seed; every seed, environment and sample derives from it", low=0),
+    Field("seeds", "int", 100, "number of independent runs", low=1),
+    Field("steps", "int", 100, "number of updates per run", low=1),
+    Field("log_every", "int", 1, "log every n-th step (must divide steps)", low=1),
+    Field("chunk_steps", "int", 0, "steps per compiled chunk (0 = automatic); results do not "
+          "depend on it", low=0),
+    Field("dtype", "str", "float32", "float32 or float64", choices=DTYPES),
+    Field("output", "str", "full", "full (one row per grid point, seed and step) or summary "
+          "(statistics over seeds, computed inside the scan: memory independent of the number of "
+          "seeds)", choices=OUTPUTS),
+    Field("on_nonfinite", "str", "error", "error (stop, naming grid point, seed and step) or mark "
+          "(flag the rows, go on)", choices=ON_NONFINITE),
+    Field("devices", "int", 0, "number of devices to split grid points and seeds over (0 = all "
+          "that help)", low=0),
+    Field("grid_batch", "int", 0, "grid points per compiled call (0 = all); results do not depend "
+          "on it", low=0),
+    Field("seed_block", "int", 0, "seeds per compiled block (0 = min(seeds, 256)); results are "
+          "bitwise identical for any devices, grid_batch and chunk_steps at a given seed_block",
+          low=0),
+    Field("quantiles", "list", (0.025, 0.5, 0.975), "quantiles over seeds of the summary",
+          item="float", low=0.0, high=1.0, low_open=True, high_open=True, distinct=True),
+    Field("quantile_metrics", "list", ("entropy", "return", "cov_error"), "metrics whose quantiles "
+          "the summary computes (each costs a sort over the seeds per step; the others get mean, "
+          "std and n)", item="str"),
+    _log_every_divides_steps,
+    Field("pass_at", "list", (1, 8), "k of the exact pass@k columns (binary rewards only)",
+          item="int", low=1, nonempty=True),
+)
+TABLES = {"env": "table: the environment", "policy": "table: the initial policy",
+          "algo": "table: the update rule and its hyperparameters"}
+TOP_LEVEL = {**{f.name: f.doc for f in TOP if isinstance(f, Field)}, **TABLES}
+POLICY = (Field("init", "str", "uniform", "how the initial logits are set",
+                choices=tuple(policies.INITS)), Cases("init", policies.INITS))
+
+
+def resolve(raw: dict) -> dict:
+    """Validate a raw config (parsed TOML) and return it with every default filled in."""
+    top = Section("", raw, [*names(TOP), *TABLES], explain=unknown_key)
+    out = top.values
+    top.walk(TOP)
+    env_values, env = _resolve_env(top.raw("env"))
+    out["env"] = env_values
+    policy = Section("policy", top.raw("policy", {"init": "uniform"}), names(POLICY), ctx=env,
+                     explain=unknown_key)
+    policy.walk(POLICY)
+    out["policy"] = policy.finish()
+    out["algo"] = _resolve_algo(top.raw("algo"), env.num_actions)
+    _check_quantile_metrics(out, env.binary)
+    top.finish()
+    return out
+
+
+TABLE_NAMES = tuple(TABLES)
 
 
 def table_keys() -> dict[str, set[str]]:
     """Every key some setting of each table accepts (``""``: the top level)."""
     algo = {d.name for r in RULES.values() for d in (*r.hparams, *r.options)}
-    return {"": set(TOP_LEVEL), "env": {"kind", *_ENV_KEYS}, "policy": set(_POLICY_KEYS),
-            "algo": {"name", "optimizer", *algo}}
+    return {"": {*names(TOP), *TABLES}, "env": set(names(envs.registry.schema())),
+            "policy": set(names(POLICY)), "algo": {"name", "optimizer", *algo}}
 
 
-def _unknown_key(table: str, key: str, value) -> str:
+def unknown_key(table: str, key: str, value) -> str:
     """What is wrong with ``key``, which no setting of ``table`` accepts: a misnamed table, a
     top-level key written after a ``[table]`` header (TOML puts it inside that table), a key of
     another table, or a typo (with the closest valid name)."""
@@ -174,282 +128,77 @@ def _unknown_key(table: str, key: str, value) -> str:
         return "unknown table; " + (f"did you mean [{hint[0]}]?" if hint else f"the tables are {tables}")
     homes = " or ".join(f"[{t}]" for t in TABLE_NAMES if t != table and key in keys[t])
     here = f"a key of [{table}]" if table else "a top-level key"
-    if table and key in TOP_LEVEL and key not in TABLE_NAMES:
+    if table and key in keys[""] and key not in TABLE_NAMES:
         also = f" (or a key of {homes})" if homes else ""
         return (f"{key!r} is a top-level key{also}, not {here}; in a TOML file top-level keys "
                 f"must come before the first [table] header")
     if homes:
         return f"{key!r} is a key of {homes}, not {here}"
-    hint = difflib.get_close_matches(key, sorted(keys[table]), n=1)
+    hint = difflib.get_close_matches(str(key), sorted(keys[table]), n=1)
     return "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
 
 
-def resolve(raw: dict) -> dict:
-    """Validate a raw config (parsed TOML) and return it with every default filled in."""
-    top = Section("", raw)
-    out = {
-        "name": top.string("name", ""),
-        "description": top.string("description", ""),
-        "seed": top.integer("seed", 0, minimum=0),
-        "seeds": top.integer("seeds", 100, minimum=1),
-        "steps": top.integer("steps", 100, minimum=1),
-        "log_every": top.integer("log_every", 1, minimum=1),
-        "chunk_steps": top.integer("chunk_steps", 0, minimum=0),
-        "dtype": top.choice("dtype", DTYPES, "float32"),
-        "output": top.choice("output", OUTPUTS, "full"),
-        "on_nonfinite": top.choice("on_nonfinite", ON_NONFINITE, "error"),
-        "devices": top.integer("devices", 0, minimum=0),
-        "grid_batch": top.integer("grid_batch", 0, minimum=0),
-        "seed_block": top.integer("seed_block", 0, minimum=0),
-    }
-    quantiles = top.raw("quantiles", [0.025, 0.5, 0.975])
-    if not isinstance(quantiles, list):
-        raise ConfigError("quantiles", f"expected a list of probabilities, got {quantiles!r}")
-    out["quantiles"] = [errors.number(f"quantiles[{i}]", q, low=0.0, high=1.0, low_open=True,
-                                      high_open=True) for i, q in enumerate(quantiles)]
-    if len(set(out["quantiles"])) != len(out["quantiles"]):
-        raise ConfigError("quantiles", f"values must be distinct, got {quantiles!r}")
-    names = top.raw("quantile_metrics", ["entropy", "return", "cov_error"])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError("quantile_metrics", f"expected a list of metric names, got {names!r}")
-    out["quantile_metrics"] = names
-    if out["steps"] % out["log_every"]:
-        raise ConfigError("log_every", f"must divide steps = {out['steps']}, got {out['log_every']}")
-    pass_at = top.raw("pass_at", [1, 8])
-    if not isinstance(pass_at, list) or not pass_at:
-        raise ConfigError("pass_at", f"expected a non-empty list of integers, got {pass_at!r}")
-    out["pass_at"] = [errors.integer(f"pass_at[{i}]", k, minimum=1) for i, k in enumerate(pass_at)]
-    env, (num_states, num_actions) = _resolve_env(Section("env", top.raw("env")))
-    out["env"] = env
-    out["policy"] = _resolve_policy(Section("policy", top.raw("policy", {"init": "uniform"})),
-                                    env, num_states, num_actions)
-    out["algo"] = _resolve_algo(Section("algo", top.raw("algo")), num_actions)
-    top.finish()
-    return out
+def _resolve_env(data) -> tuple[dict, envs.registry.EnvInfo]:
+    """The resolved ``[env]`` table and what is known of the environment: its shape, correct
+    answers and rewards (a deterministic one is built, which validates its arrays)."""
+    schema = envs.registry.schema()
+    chosen: list = []
+    sec = Section("env", data, names(schema), explain=unknown_key)
+    sec.ctx = info = envs.registry.EnvInfo(sec.values, chosen)
+    sec.walk(schema, chosen)
+    sec.call(lambda v, ctx: ctx.shape)
+    return sec.finish(), info
 
 
-# ----------------------------------------------------------------------------- environments
-
-_ENV_KEYS = ("means", "arms", "generator", "low", "high", "p", "loc", "scale", "noise", "noise_std",
-             "shared", "r", "rho", "contexts", "actions", "num_correct", "P", "gamma", "mu", "path",
-             "states", "branching", "distractor", "size", "slip", "vocab", "length", "answers",
-             "prompts", "rollout_length")
-
-_GENERATOR_KEYS = ("low", "high", "p", "loc", "scale", "num_correct")
-
-
-def _resolve_env(sec: Section) -> tuple[dict, tuple[int, int]]:
-    """Resolved ``[env]`` table and the policy shape ``(S, A)`` it implies."""
-    kind = sec.choice("kind", ENV_KINDS)
-    sec.hints.update(_ENV_KEYS)
-    try:
-        shape = {"bandit": _env_bandit, "contextual_bandit": _env_contextual,
-                 "mdp": _env_mdp, "token_tree": _env_token_tree}[kind](sec)
-    except ConfigError as err:
-        raise (err if err.field.startswith("env.") else err.within("env")) from None
-    return sec.finish(), shape
-
-
-def _bandit_generator(sec: Section, generators, arms: int) -> None:
-    gen = sec.choice("generator", generators, "uniform")
-    if gen == "uniform":
-        low = sec.number("low", 0.0)
-        sec.number("high", 1.0, low=low)
-    elif gen == "bernoulli":
-        sec.number("p", 0.5, low=0.0, high=1.0)
-    elif gen == "gaussian":
-        sec.number("loc", 0.0)
-        sec.number("scale", 1.0, low=0.0)
-    elif gen == "verifiable":
-        sec.integer("num_correct", 1, minimum=1)
-        if sec.resolved["num_correct"] >= arms:
-            raise ConfigError(sec.field("num_correct"), f"must be below the number of actions "
-                                                        f"{arms}, got {sec.resolved['num_correct']}")
-    sec.boolean("shared", False)
-    sec.hints.update(_GENERATOR_KEYS)
-
-
-def _noise(sec: Section) -> None:
-    sec.choice("noise", ("deterministic", "bernoulli", "gaussian"), "deterministic")
-    sec.number("noise_std", 1.0, low=0.0)
-
-
-def _env_bandit(sec: Section) -> tuple[int, int]:
-    _noise(sec)
-    if sec.has("means") == sec.has("arms"):
-        raise ConfigError("env.means", "give exactly one of env.means (explicit) or env.arms "
-                                       "(means drawn per seed)")
-    if sec.has("means"):
-        from entropy_sim.envs import bandit
-        bandit(sec.raw("means"), noise=sec.resolved["noise"], noise_std=sec.resolved["noise_std"])
-        return 1, len(sec.resolved["means"])
-    arms = sec.integer("arms", minimum=2)
-    _bandit_generator(sec, ("uniform", "bernoulli", "gaussian"), arms)
-    _check_bernoulli_noise(sec)
-    return 1, arms
-
-
-def _env_contextual(sec: Section) -> tuple[int, int]:
-    _noise(sec)
-    if sec.has("r"):
-        from entropy_sim.envs import contextual_bandit
-        rho = sec.raw("rho", None)
-        contextual_bandit(sec.raw("r"), rho, noise=sec.resolved["noise"],
-                          noise_std=sec.resolved["noise_std"])
-        r = np.asarray(sec.resolved["r"])
-        return r.shape[0], r.shape[1]
-    contexts = sec.integer("contexts", minimum=1)
-    actions = sec.integer("actions", minimum=2)
-    _prompt_weights(sec, contexts)
-    _bandit_generator(sec, ("uniform", "bernoulli", "gaussian", "verifiable"), actions)
-    _check_bernoulli_noise(sec)
-    return contexts, actions
-
-
-def _check_bernoulli_noise(sec: Section) -> None:
-    if sec.resolved["noise"] != "bernoulli":
-        return
-    gen = sec.resolved["generator"]
-    if gen == "gaussian" or (gen == "uniform" and (sec.resolved["low"] < 0 or sec.resolved["high"] > 1)):
-        raise ConfigError(sec.field("noise"), "bernoulli rewards need mean rewards in [0, 1]")
-
-
-def _prompt_weights(sec: Section, count: int) -> None:
-    rho = sec.raw("rho", None)
-    if rho is not None:
-        rho = errors.as_array(sec.field("rho"), rho, ndim=1)
-        if rho.shape[0] != count:
-            raise ConfigError(sec.field("rho"), f"has {rho.shape[0]} entries for {count} prompts")
-        errors.probabilities(sec.field("rho"), rho)
-
-
-def _env_mdp(sec: Section) -> tuple[int, int]:
-    from entropy_sim.envs import load_npz, mdp
-    sources = [k for k in ("P", "path", "generator") if sec.has(k)]
-    if len(sources) != 1:
-        raise ConfigError("env.P", "give exactly one of env.P (with r, gamma, mu), env.path "
-                                   "(an .npz file) or env.generator (garnet, chain, gridworld)")
-    if sources[0] == "P":
-        sec.raw("P"), sec.raw("r"), sec.raw("gamma"), sec.raw("mu", None)
-        env = mdp(sec.resolved["P"], sec.resolved["r"], sec.resolved["gamma"], sec.resolved["mu"])
-        _rollout_length(sec, float(env.gamma))
-        return env.num_states, env.num_actions
-    if sources[0] == "path":
-        env = load_npz(sec.string("path"))
-        _rollout_length(sec, float(env.gamma))
-        return env.num_states, env.num_actions
-    gen = sec.choice("generator", ("garnet", "chain", "gridworld"))
-    _rollout_length(sec, sec.number("gamma", 0.9, low=0.0, high=1.0, high_open=True))
-    if gen == "garnet":
-        states = sec.integer("states", minimum=1)
-        actions = sec.integer("actions", minimum=2)
-        branching = sec.integer("branching", min(states, 2), minimum=1)
-        if branching > states:
-            raise ConfigError("env.branching", f"must be <= states = {states}, got {branching}")
-        sec.boolean("shared", False)
-        return states, actions
-    if gen == "chain":
-        states = sec.integer("states", minimum=2)
-        actions = sec.integer("actions", 2, minimum=2)
-        sec.number("distractor", 0.01)
-        return states, actions
-    size = sec.integer("size", minimum=2)
-    sec.number("slip", 0.0, low=0.0, high=1.0)
-    return size * size, 4
-
-
-def _rollout_length(sec: Section, gamma: float) -> None:
-    """Steps of a sampled MDP rollout; by default the least H with gamma^H <= 1e-3."""
-    from entropy_sim.envs import default_rollout_length
-    sec.integer("rollout_length", default_rollout_length(gamma), minimum=1)
-
-
-def _env_token_tree(sec: Section) -> tuple[int, int]:
-    vocab = sec.integer("vocab", minimum=2)
-    length = sec.integer("length", minimum=1)
-    if vocab ** length > 2 ** 22:
-        raise ConfigError("env.length", f"vocab^length = {vocab ** length} responses is too many "
-                                        f"for exact evaluation (limit 2^22)")
-    nodes = sum(vocab ** t for t in range(length))
-    if sec.has("answers"):
-        from entropy_sim.envs import token_tree
-        env = token_tree(vocab, length, sec.raw("answers"), sec.raw("rho", None))
-        return env.num_states, vocab
-    prompts = sec.integer("prompts", 1, minimum=1)
-    num_correct = sec.integer("num_correct", 1, minimum=1)
-    if num_correct > vocab ** length:
-        raise ConfigError("env.num_correct", f"must be <= vocab^length = {vocab ** length}")
-    _prompt_weights(sec, prompts)
-    sec.boolean("shared", False)
-    return prompts * nodes, vocab
-
-
-# ----------------------------------------------------------------------------- policy and algo
-
-_POLICY_KEYS = ("init", "probs", "logits", "scale", "peak", "correct_mass")
-
-
-def _resolve_policy(sec: Section, env: dict, num_states: int, num_actions: int) -> dict:
-    init = sec.choice("init", POLICY_INITS, "uniform")
-    if init in ("probs", "logits"):
-        values = errors.as_array(sec.field(init), sec.raw(init))
-        if values.shape not in ((num_actions,), (num_states, num_actions)):
-            raise ConfigError(sec.field(init), f"expected {num_actions} values (one per action) "
-                                               f"or a [{num_states}][{num_actions}] table, got "
-                                               f"shape {list(values.shape)}")
-        if init == "probs":
-            errors.probabilities(sec.field("probs"), values, strictly_positive=True)
-    elif init == "gaussian":
-        sec.number("scale", 1.0, low=0.0)
-    elif init == "prior":
-        sec.number("peak", 0.9, low=1.0 / num_actions, high=1.0, high_open=True)
-        if sec.raw("correct_mass", None) is not None:
-            if env["kind"] == "mdp":
-                raise ConfigError(sec.field("correct_mass"), "needs correct answers; mdp envs "
-                                                             "have none (use a bandit or token_tree)")
-            sec.number("correct_mass", low=0.0, high=1.0, low_open=True, high_open=True)
-    sec.hints.update(_POLICY_KEYS[1:])
-    return sec.finish()
-
-
-def _resolve_algo(sec: Section, num_actions: int) -> dict:
+def _resolve_algo(data, num_actions: int) -> dict:
+    known = {d.name for r in RULES.values() for d in (*r.hparams, *r.options)}
+    sec = Section("algo", data, {"name", "optimizer", *known}, explain=unknown_key)
     name = sec.raw("name")
     if name not in RULES:
         raise ConfigError("algo.name", f"unknown algorithm {name!r}; choose from {', '.join(RULES)}")
-    sec.choice("optimizer", OPTIMIZERS, "sgd")
+    sec.read(Field("optimizer", "str", "sgd", choices=tuple(OPTIMIZERS)))
     spec = RULES[name]
     for hparam in spec.hparams:
-        value = sec.raw(hparam.name, _REQUIRED if hparam.default is None else hparam.default)
+        value = sec.raw(hparam.name, REQUIRED if hparam.default is None else hparam.default)
         values = value if isinstance(value, list) else [value]
         if not values:
             raise ConfigError(sec.field(hparam.name), "a sweep list needs at least one value")
         for i, v in enumerate(values):
             hparam.check(sec.field(hparam.name) + (f"[{i}]" if isinstance(value, list) else ""), v)
     for option in spec.options:
-        _resolve_option(sec, option)
+        # A static option: one value, not a sweep (it fixes shapes, so each value compiles anew).
+        if isinstance(sec.data.get(option.name), list):
+            raise ConfigError(sec.field(option.name), "is a static option (it fixes array shapes) "
+                                                      "and cannot be swept; run one config per value")
+        sec.read(Field(option.name, "str" if option.choices else "int", option.default,
+                       option.doc, choices=option.choices,
+                       low=None if option.choices else option.minimum))
     for check in spec.checks:
-        check(sec.resolved, num_actions)
-    known = {d.name for r in RULES.values() for d in (*r.hparams, *r.options)}
+        check(sec.values, num_actions)
     takes = [d.name for d in (*spec.hparams, *spec.options)]
     for key in sec.data:
         if key in known and key not in takes:
             hint = f"; for entropy regularisation use {name}_entropy" if f"{name}_entropy" in RULES else ""
             raise ConfigError(sec.field(key), f"{name} takes no {key}; it takes "
                                               f"{', '.join(takes)}{hint}")
-    sec.hints.update(known)
     return sec.finish()
 
 
-def _resolve_option(sec: Section, option) -> None:
-    """A static option: one value, not a sweep (it fixes shapes, so each value compiles anew)."""
-    key = option.name
-    if isinstance(sec.raw(key, option.default), list):
-        raise ConfigError(sec.field(key), "is a static option (it fixes array shapes) and cannot "
-                                          "be swept; run one config per value")
-    if option.choices:
-        sec.choice(key, option.choices, option.default)
-    else:
-        sec.integer(key, option.default, minimum=option.minimum)
+def _check_quantile_metrics(cfg: dict, binary: bool | None) -> None:
+    """Every ``quantile_metrics`` entry is a column this run logs (pass@k columns unless the
+    rewards are known not to be binary), in either output mode."""
+    spec = RULES[cfg["algo"]["name"]]
+    logged = {c.name for c in run_columns(spec, cfg, binary=binary is not False)}
+    unknown = [m for m in cfg["quantile_metrics"] if m not in logged]
+    if not unknown:
+        return
+    if binary is False and set(unknown) <= {c.name for c in run_columns(spec, cfg, binary=True)}:
+        raise ConfigError("quantile_metrics", f"{unknown[0]!r} is logged only where every reward "
+                                              f"is 0 or 1, and this environment's rewards are not")
+    hint = difflib.get_close_matches(unknown[0], sorted(logged), n=1)
+    raise ConfigError("quantile_metrics", f"unknown metric(s) {unknown}"
+                                          + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                          + f" (this run logs {', '.join(sorted(logged))})")
 
 
 # ----------------------------------------------------------------------------- the Config object
@@ -471,9 +220,10 @@ class Config:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError("", f"{path}: invalid TOML: {err}") from None
         raw = apply_overrides(raw, overrides)
-        if isinstance(raw.get("env"), dict) and isinstance(raw["env"].get("path"), str):
-            # An .npz path is relative to the config file that names it.
-            raw["env"]["path"] = str((path.parent / raw["env"]["path"]).resolve())
+        env = raw.get("env")
+        for key in envs.registry.path_fields(env.get("kind")) if isinstance(env, dict) else ():
+            if isinstance(env.get(key), str):  # a file is relative to the config file naming it
+                env[key] = str((path.parent / env[key]).resolve())
         return cls(raw)
 
     def __getitem__(self, key):

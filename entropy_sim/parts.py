@@ -11,12 +11,20 @@ README's reference tables are all derived from the declarations.
 - ``Option``: a static setting (an integer or one of a few choices) that fixes array shapes or a
   code path; each value compiles its own program.
 - ``Column``: a per-step metric column, its meaning, and whether NaN is a legitimate value.
+- ``Field``: a static config field of a table (``[env]``, ``[policy]``, the top level): its type,
+  default, bounds, choices and meaning. ``OneOf`` (alternatives told apart by which key is
+  given: a bandit's ``means`` or ``arms``) and ``Cases`` (alternatives told apart by a field's
+  value: ``generator = "garnet"``) hold ``Variant``s, each with its own fields and, for an
+  environment, the function that builds it. A cross-field check is a plain function
+  ``(values, ctx) -> None`` placed among the fields, run once the fields before it are read.
+  ``schema.Section`` walks these declarations to validate a table, and the builders read the
+  same declarations to pick what to build.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from entropy_sim import errors
 from entropy_sim.errors import ConfigError
@@ -137,3 +145,160 @@ class RuleSpec:
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # the default of a field that must be given
+FIELD_KINDS = ("int", "float", "str", "bool", "path", "list", "array")
+_NOUNS = {"int": "integers", "float": "numbers", "str": "strings", "": "values"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """A static config field: one value per run, fixed when the run is compiled.
+
+    ``kind``: ``int``, ``float``, ``str``, ``bool``, ``path`` (a file, relative to the config file
+    that names it), ``list`` (of ``item``s: ``int``, ``float``, ``str``, or any when empty) or
+    ``array`` (numbers, nested lists of ``ndim`` dimensions, every entry finite). ``default``:
+    ``REQUIRED``, ``None`` (optional: absent means None, never checked), a value, or a function
+    ``(values, ctx) -> value`` of the fields read before it. ``low``/``high`` bound a number (or
+    every entry of a list), open or closed (an integer's bounds are closed); they too may be
+    functions ``(values, ctx)``.
+    ``choices``: the admissible strings. ``nonempty`` and ``distinct`` constrain a list.
+
+    The value stored in the resolved config is the one given (integers as ``int``, list entries
+    converted). A scalar field (``scalar``) holds one value per config; a later sweep over static
+    fields can expand a list given for it into one compiled run per value, calling ``check`` on
+    each."""
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    doc: str = ""
+    low: Any = None
+    high: Any = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    item: str = ""
+    ndim: int | None = None
+    nonempty: bool = False
+    distinct: bool = False
+
+    def __post_init__(self):
+        if self.kind not in FIELD_KINDS:
+            raise ValueError(f"field {self.name!r}: kind {self.kind!r} is not one of "
+                             f"{', '.join(FIELD_KINDS)}")
+
+    @property
+    def scalar(self) -> bool:
+        return self.kind in ("int", "float", "str", "bool", "path")
+
+    def check(self, field: str, value, values: dict | None = None, ctx=None):
+        """``value`` checked, as it is stored; a ``ConfigError`` naming ``field`` otherwise.
+        ``values``, ``ctx``: what bounds given as functions read."""
+        low, high = (b(values, ctx) if callable(b) else b for b in (self.low, self.high))
+        if self.choices and (not isinstance(value, str) or value not in self.choices):
+            raise ConfigError(field, f"unknown value {value!r}; choose from "
+                                     f"{', '.join(self.choices)}")
+        if self.kind == "list":
+            if not isinstance(value, (list, tuple)) or (self.nonempty and not value):
+                raise ConfigError(field, f"expected a {'non-empty ' if self.nonempty else ''}list of "
+                                         f"{_NOUNS[self.item]}, got {value!r}")
+            value = [self._one(self.item, f"{field}[{i}]", v, low, high) for i, v in enumerate(value)]
+            if self.distinct and len(set(value)) != len(value):
+                raise ConfigError(field, f"values must be distinct, got {value!r}")
+            return value
+        if self.kind == "array":
+            errors.as_array(field, value, ndim=self.ndim)
+            return value
+        return self._one(self.kind, field, value, low, high)
+
+    def _one(self, kind: str, field: str, value, low, high):
+        if kind == "int":
+            value = errors.integer(field, value, minimum=low)
+            if high is not None and value > high:
+                raise ConfigError(field, f"must be <= {high}, got {value}")
+            return value
+        if kind == "float":
+            errors.number(field, value, low=low, high=high, low_open=self.low_open,
+                          high_open=self.high_open)
+            return float(value) if self.kind == "list" else value
+        if kind in ("str", "path") and not isinstance(value, str):
+            raise ConfigError(field, f"expected a string, got {value!r}")
+        if kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(field, f"expected true or false, got {value!r}")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One alternative of a table: its ``fields`` (declarations: ``Field``, ``OneOf``, ``Cases``
+    and checks), and what its owner needs from it. Environments: ``build(values) -> env or
+    envs.Draw``; ``shape(values) -> (S, A)`` when it is known without building; ``binary``
+    (a bool or a function of the values): whether every reward is 0 or 1, for drawn rewards
+    (None: ask the built environment, or for a draw, unknown). Policies:
+    ``build(values, start) -> theta0``."""
+
+    doc: str = ""
+    fields: tuple = ()
+    build: Callable | None = None
+    shape: Callable | None = None
+    binary: bool | Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """Alternatives told apart by which of their marker keys the table gives: exactly one
+    (``fallback`` None), or at most one, and ``fallback`` when none."""
+
+    variants: dict  # {marker key: Variant}
+    fallback: Variant | None = None
+
+    def pick(self, given: Callable[[str], bool], name: Callable[[str], str] = str) -> Variant:
+        """The variant whose marker is ``given``; ``name(key)``: the key's dotted name."""
+        present = [key for key in self.variants if given(key)]
+        if len(present) == 1:
+            return self.variants[present[0]]
+        if not present and self.fallback is not None:
+            return self.fallback
+        raise ConfigError(name(next(iter(self.variants))), "give exactly one of " + _alternatives(
+            [f"{name(key)} ({v.doc})" for key, v in self.variants.items()]))
+
+    @property
+    def alternatives(self) -> tuple:
+        return (*self.variants.values(), *([self.fallback] if self.fallback else []))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cases:
+    """Alternatives told apart by the value of the field ``key``, read before (its ``choices``
+    are the keys of ``variants``)."""
+
+    key: str
+    variants: dict  # {value: Variant}
+
+    def pick(self, values: dict) -> Variant:
+        return self.variants[values[self.key]]
+
+    @property
+    def alternatives(self) -> tuple:
+        return tuple(self.variants.values())
+
+
+def _alternatives(items: list) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def fields_of(nodes: Iterable) -> Iterable[Field]:
+    """Every ``Field`` declared in ``nodes``, alternatives included (a name may repeat)."""
+    for node in nodes:
+        if isinstance(node, Field):
+            yield node
+        elif isinstance(node, (OneOf, Cases)):
+            for variant in node.alternatives:
+                yield from fields_of(variant.fields)

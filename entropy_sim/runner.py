@@ -74,7 +74,7 @@ def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
     if "tau" in hp:
         metrics["return_reg"] = state.ev.ret_reg
     if pass_at:
-        metrics.update(pass_at_k(state.ev.success, env.rho, pass_at))
+        metrics.update(pass_at_k(state.ev.success, env.prompt_weights(), pass_at))
     return RunState(theta_next, opt_state, ev_next, state.key), metrics
 
 
@@ -216,7 +216,7 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
     summary_mode = cfg["output"] == "summary"
     quantiles = (tuple(cfg["quantiles"]), tuple(cfg["quantile_metrics"])) if summary_mode else None
     opt_name = cfg["algo"]["optimizer"]
-    pass_at = tuple(cfg["pass_at"]) if _binary_rewards(exp) else ()
+    pass_at = tuple(cfg["pass_at"]) if exp.env.binary_rewards() else ()
     options = tuple(sorted(exp.options.items()))
     env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
     num_logged = cfg["steps"] // cfg["log_every"]
@@ -361,14 +361,6 @@ def _padded(x, size: int):
     """``x: [g, ...]`` padded to ``[size, ...]`` by repeating its last entry."""
     x = jnp.asarray(x)
     return jnp.concatenate([x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)]) if x.shape[0] < size else x
-
-
-def _binary_rewards(exp: Experiment) -> bool:
-    """pass@k is defined when every reward of a bandit or token tree is 0 or 1."""
-    if not hasattr(exp.env, "rho"):
-        return False
-    rewards = exp.env.r if hasattr(exp.env, "r") else exp.env.reward
-    return bool(jnp.all((rewards == 0) | (rewards == 1)))
 
 
 class _NoBar:

@@ -115,12 +115,12 @@ def response_table(env, key: Array, logits: Array, probs: Array, responses: int,
     ``sum over tokens of (togo - baseline) at (s, a)`` (``[S, A]``), and the mean reward (``[]``).
     ``probs = softmax(logits)``, already at hand in every rule, spares ``env.tally`` its softmax.
 
-    From ``env.tally`` where the environment has one (``env.tallies``): the same draws, so the same
+    From ``env.tally`` where the environment tallies (``env.tallies``): the same draws, so the same
     table up to the rounding of its sums. With counts ``N`` and reward sums ``W`` per action and
     ``total = sum W``, a token's ``R - b`` summed per action is ``W - N total / B`` (``mean``),
     ``W - (N total - W) / (B - 1)`` (``loo``) or ``W - N V`` (``value``).
     """
-    if getattr(env, "tallies", False):
+    if env.tallies:
         tally = env.tally(key, probs, responses)
         total = jnp.sum(tally.reward)
         table = {"none": lambda: tally.reward,

@@ -92,6 +92,15 @@ BAD = {
     "table key at the top level": (small_config(tau=0.1), "tau", "'tau' is a key of [algo]"),
     "unknown table": (small_config(rule={"name": "pg"}), "rule", "the tables are"),
     "misspelled table": (small_config(policies={"init": "uniform"}), "policies", "did you mean [policy]?"),
+    # A misspelled key is named even when the key it meant is required and so missing.
+    "typo for a required algo key": (small_config(algo={"name": "pg", "etta": 0.1}), "algo.etta", "unknown key; did you mean 'eta'?"),
+    "typo for a required env key": (small_config(env={"kind": "bandit", "arm": 3}), "env.arm", "unknown key; did you mean 'arms'?"),
+    "typo for a required table": ({"env": BANDIT, "algoo": {"name": "pg", "eta": 0.1}}, "algoo", "did you mean [algo]?"),
+    # quantile_metrics names columns this run logs, in either output mode.
+    "quantile metric misspelled": (small_config(quantile_metrics=["entropi"]), "quantile_metrics", "did you mean 'entropy'?"),
+    "quantile metric of another rule": (small_config(quantile_metrics=["batch_reward"]), "quantile_metrics", "unknown metric"),
+    "pass@k quantile of graded rewards": (small_config(quantile_metrics=["pass_at_8"]), "quantile_metrics", "0 or 1"),
+    "pass@k quantile not in pass_at": (small_config(env={"kind": "bandit", "means": [1.0, 0.0]}, pass_at=[1], quantile_metrics=["pass_at_8"]), "quantile_metrics", "unknown metric"),
 }
 
 
@@ -103,6 +112,59 @@ def test_bad_input_raises_config_error_naming_the_field(case):
     assert err.value.field == field, str(err.value)
     assert words in str(err.value)
     assert str(err.value).startswith(field)
+
+
+def test_quantile_metrics_accept_every_column_the_run_logs():
+    binary = {"kind": "bandit", "means": [1.0, 0.0, 0.0]}
+    es.Config(small_config(env=binary, quantile_metrics=["pass_at_8", "cov_abs_error", "dH_pred_closed"]))
+    es.Config(small_config(algo={"name": "reinforce", "eta": 0.1}, quantile_metrics=["batch_reward"]))
+    es.Config(small_config(algo={"name": "pg_entropy", "eta": 0.1, "tau": 0.1}, quantile_metrics=["return_reg"]))
+    # Drawn environments: pass@k where the generator's declaration says the rewards are binary.
+    for env in [{"kind": "contextual_bandit", "contexts": 2, "actions": 3, "generator": "verifiable"},
+                {"kind": "bandit", "arms": 3, "low": 1.0, "high": 1.0},
+                {"kind": "token_tree", "vocab": 2, "length": 2}]:
+        es.Config(small_config(env=env, quantile_metrics=["pass_at_1"]))
+    for env in [{"kind": "bandit", "arms": 3}, {"kind": "mdp", "generator": "chain", "states": 3}]:
+        with pytest.raises(es.ConfigError, match="0 or 1"):
+            es.Config(small_config(env=env, quantile_metrics=["pass_at_1"]))
+
+
+def test_a_table_is_validated_from_its_declarations_alone():
+    """The walker behind every table: fields in order, alternatives by marker key or by value,
+    checks once the fields they read are in, defaults and bounds that depend on earlier fields."""
+    from entropy_sim.parts import Cases, Field, OneOf, Variant
+    from entropy_sim.schema import Section, names, select
+
+    def ordered(v, ctx):
+        if v["lo"] > v["hi"]:
+            raise es.ConfigError("hi", f"must be >= lo = {v['lo']}")
+
+    nodes = (Field("mode", "str", "a", "which", choices=("a", "b")),
+             Cases("mode", {"a": Variant("a", (Field("lo", "int", 0, low=0), Field("hi", "int", lambda v, ctx: v["lo"] + 1), ordered)),
+                            "b": Variant("b", (Field("ratio", "float", 0.5, low=0.0, high=1.0, high_open=True),))}),
+             OneOf({"xs": Variant("listed", (Field("xs", "list", item="int", nonempty=True),)),
+                    "n": Variant("counted", (Field("n", "int", low=1),))}))
+
+    def read(data):
+        sec = Section("t", data, names(nodes))
+        chosen = sec.walk(nodes)
+        return sec.finish(), chosen
+
+    values, chosen = read({"lo": 2, "n": 3})
+    assert values == {"mode": "a", "lo": 2, "hi": 3, "n": 3}
+    assert [v.doc for v in chosen] == ["a", "counted"] == [v.doc for v in select(nodes, values)]
+    assert read({"mode": "b", "xs": [1, 2]})[0] == {"mode": "b", "ratio": 0.5, "xs": [1, 2]}
+    for data, message in [({"n": 1, "lo": 3, "hi": 2}, "t.hi: must be >= lo = 3"),
+                          ({"n": 1, "ratio": 1.0}, "t.ratio: is not used with these settings (mode = 'a')"),
+                          ({"mode": "b", "n": 1, "ratio": 1.0}, "t.ratio: must be < 1.0, got 1.0"),
+                          ({"xs": [1], "n": 2}, "t.xs: give exactly one of t.xs (listed) or t.n (counted)"),
+                          ({"xs": []}, "t.xs: expected a non-empty list of integers, got []"),
+                          ({"xs": [1, "2"]}, "t.xs[1]: expected an integer, got '2'"),
+                          ({"ratoi": 0.2}, "t.ratoi: unknown key; did you mean 'ratio'?"),
+                          ({"mode": "c"}, "t.mode: unknown value 'c'; choose from a, b")]:
+        with pytest.raises(es.ConfigError) as err:
+            read(data)
+        assert str(err.value) == message
 
 
 def test_resolved_config_fills_every_default_and_round_trips_through_json():

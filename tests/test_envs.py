@@ -458,6 +458,31 @@ def test_a_bandit_is_a_contextual_bandit_with_one_context():
     np.testing.assert_allclose(ev.occ, [1.0])
 
 
+def test_every_environment_states_the_interface_explicitly():
+    """Each environment class implements ``envs.Environment`` member by member: the runner and
+    the rules ask it, never probe it for attributes."""
+    cases = [  # env, tallies, correct_answers, binary_rewards
+        (envs.bandit([1.0, 0.0, 0.0]), True, True, True),
+        (envs.bandit([1.0, 0.0], noise="gaussian"), False, True, True),
+        (envs.contextual_bandit([[1.0, 0.0], [0.5, 0.0]]), False, True, False),
+        (envs.mdp([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]], [[0.0, 1.0], [1.0, 0.0]], 0.5),
+         False, False, False),
+        (envs.chain(3), False, False, False),
+        (envs.token_tree(2, 2, [[[0, 1]], [[1, 1]]]), False, True, True),
+    ]
+    for env, tallies, correct, binary in cases:
+        assert isinstance(env, envs.Environment), type(env)
+        assert (env.tallies, env.correct_answers, env.binary_rewards()) == (tallies, correct, binary)
+        assert env.prompt_weights().shape == (env.num_prompts,)
+        assert env.evaluate(jnp.zeros((env.num_states, env.num_actions))).success.shape == (env.num_prompts,)
+        if not isinstance(env, envs.ContextualBandit):  # multi-token responses: no tallies
+            with pytest.raises(NotImplementedError):
+                env.tally(jax.random.PRNGKey(0), jnp.full((1, env.num_actions), 0.5), 4)
+        if not correct:
+            with pytest.raises(NotImplementedError):
+                env.correct_mask()
+
+
 @pytest.mark.parametrize("arms, contexts, num_correct", [(10, 3, 9)])
 def test_verifiable_generator_gives_exactly_num_correct_ones_per_prompt(arms, contexts, num_correct):
     keys = jax.random.split(jax.random.PRNGKey(arms), 6)
@@ -619,3 +644,70 @@ def test_with_a_shared_environment_every_seed_from_the_same_start_follows_the_sa
         assert not np.allclose(ret_own[n, 1:], ret_own[0, 1:])
         np.testing.assert_array_equal(ret_shared[n], ret_shared[0])
         np.testing.assert_array_equal(shared.final_theta[0, n], shared.final_theta[0, 0])
+
+
+# ----------------------------------------------------------------------------- kinds of your own
+
+TWO_STATE_R = [[0.0, 0.0], [1.0, 1.0]]
+
+
+def two_state_P(p):
+    """State 0: action 1 reaches the rewarding state 1 with probability p; state 1 absorbs."""
+    return [[[1.0, 0.0], [1 - p, p]], [[0.0, 1.0], [0.0, 1.0]]]
+
+
+@pytest.fixture
+def two_state():
+    """A user-defined kind, registered the way the README shows, removed afterwards."""
+    @es.envs.kind("two_state", es.envs.Field("p", "float", 0.5, "P(action 1 reaches state 1)",
+                                             low=0.0, high=1.0),
+                  es.envs.ROLLOUT_LENGTH, prepare=es.envs.with_rollout, replace=True)
+    def build(cfg):
+        return es.envs.mdp(two_state_P(cfg["p"]), TWO_STATE_R, gamma=0.9, mu=[1.0, 0.0])
+
+    yield build
+    del es.envs.KINDS["two_state"]
+
+
+def test_a_user_defined_environment_kind_runs_from_a_config_dict(two_state):
+    cfg = {"seeds": 2, "steps": 6, "dtype": "float64", "env": {"kind": "two_state", "p": 0.3},
+           "policy": {"init": "gaussian"}, "algo": {"name": "npg", "eta": 0.5}}
+    res = es.run(cfg, progress=False)
+    assert res.config["env"] == {"kind": "two_state", "p": 0.3, "rollout_length": 66}
+    assert res.arrays["entropy"].shape == (1, 2, 6)
+    # The same numbers as the same MDP given as arrays.
+    same = es.run({**cfg, "env": {"kind": "mdp", "P": two_state_P(0.3), "r": TWO_STATE_R,
+                                  "gamma": 0.9, "mu": [1.0, 0.0]}}, progress=False)
+    for name in res.arrays:
+        np.testing.assert_array_equal(res.arrays[name], same.arrays[name], err_msg=name)
+    # Its field is validated from its declaration, with the usual messages.
+    assert es.Config({**cfg, "env": {"kind": "two_state"}})["env"]["p"] == 0.5
+    for env, field, words in [({"p": 1.5}, "env.p", "<= 1.0"), ({"pp": 0.3}, "env.pp", "did you mean 'p'"),
+                              ({"arms": 3}, "env.arms", "not used"),
+                              ({"rollout_length": 0}, "env.rollout_length", ">= 1")]:
+        with pytest.raises(es.ConfigError) as err:
+            es.Config({**cfg, "env": {"kind": "two_state", **env}})
+        assert err.value.field == field and words in str(err.value), str(err.value)
+    # A sampled rule gets the rollout length it declares.
+    sampled = es.build(es.Config({**cfg, "env": {"kind": "two_state", "rollout_length": 5},
+                                  "algo": {"name": "reinforce", "eta": 0.5, "batch": 4}}))
+    assert sampled.env.rollout_length == 5 and es.build(es.Config(cfg)).env.rollout_length == 0
+
+
+def test_a_user_defined_random_kind_draws_one_environment_per_seed_like_a_built_in_one():
+    es.envs.register(es.envs.EnvKind(
+        "tiny_garnet", lambda v: es.envs.Draw(envs.garnet, dict(states=3, actions=2, branching=2,
+                                                                gamma=v["gamma"])),
+        (es.envs.Field("gamma", "float", 0.5, "discount", low=0.0, high=1.0, high_open=True),)))
+    try:
+        with pytest.raises(ValueError, match="registered already"):
+            es.envs.register(es.envs.KINDS["tiny_garnet"])
+        base = {"seeds": 3, "steps": 2, "dtype": "float64", "algo": {"name": "pg", "eta": 0.5}}
+        mine = es.build(es.Config({**base, "env": {"kind": "tiny_garnet"}}))
+        built_in = es.build(es.Config({**base, "env": {"kind": "mdp", "generator": "garnet", "states": 3,
+                                                       "actions": 2, "gamma": 0.5}}))
+        assert mine.env_per_seed and mine.theta0.shape == (3, 3, 2)  # shape found without drawing
+        for a, b in zip(jax.tree.leaves(mine.env), jax.tree.leaves(built_in.env)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    finally:
+        del es.envs.KINDS["tiny_garnet"]

@@ -31,6 +31,22 @@ def test_pass_at_k_columns_appear_for_binary_rewards_only():
     assert not any(c.startswith("pass_at") for c in graded.columns)
 
 
+@pytest.mark.parametrize("algo, means", [
+    ({"name": "pg_entropy", "eta": 0.1, "tau": 0.1}, [1.0, 0.0, 0.0]),
+    ({"name": "temp_reinforce", "eta": 0.1}, [1.0, 0.5, 0.0]),
+])
+def test_run_columns_are_the_columns_a_run_logs(algo, means):
+    from entropy_sim.algorithms import RULES
+    from entropy_sim.columns import run_columns
+    res = es.run(small_config(steps=2, seeds=2, pass_at=[1, 3], env={"kind": "bandit", "means": means},
+                              algo=algo), progress=False)
+    binary = set(means) <= {0.0, 1.0}
+    declared = {c.name for c in run_columns(RULES[algo["name"]], res.config, binary)}
+    logged = set(res.metrics.columns) - {"seed", "step", *res.swept[0]}
+    assert declared == logged | set(res.summary()["metric"].unique())
+    assert {"pass_at_1", "pass_at_3"} <= declared if binary else not any("pass_at" in c for c in declared)
+
+
 def test_results_do_not_depend_on_chunk_size_or_on_the_other_grid_points():
     base = small_config(seeds=4, steps=12, env={"kind": "bandit", "arms": 5},
                         policy={"init": "gaussian", "scale": 1.0},

@@ -6,14 +6,17 @@ docs/theory.md §1.6: the MDP with ``gamma = 0``, occupancy ``d = rho``, ``Q = r
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors, prng
+from entropy_sim.parts import Cases, Field, OneOf, Variant, fields_of
 from entropy_sim.sampling import Batch, Tally, count_at_least, draw_prompts, inverse_cdf
-from entropy_sim.envs.base import Evaluation, float_dtype as _float, policy, soft_values
+from entropy_sim.envs.base import Evaluation, all_binary, float_dtype as _float, policy, soft_values
+from entropy_sim.envs.registry import Draw, EnvKind, register
 
 Array = jax.Array
 
@@ -33,6 +36,8 @@ class ContextualBandit:
     rho: Array        # [S] prompt weights, sum to 1
     noise_std: Array  # [] standard deviation of Gaussian reward noise
     noise: str = dataclasses.field(default="deterministic", metadata=dict(static=True))
+
+    correct_answers = True  # the best actions of each prompt (``correct_mask``)
 
     @property
     def num_states(self) -> int:
@@ -124,6 +129,13 @@ class ContextualBandit:
     def correct_mask(self) -> Array:
         """``[S, A]`` True for the best actions of each prompt (the correct answers)."""
         return self.r >= jnp.max(self.r, axis=-1, keepdims=True)
+
+    def binary_rewards(self) -> bool:
+        """Every mean reward is 0 or 1 (pass@k is then defined)."""
+        return all_binary(self.r)
+
+    def prompt_weights(self) -> Array:
+        return self.rho
 
     def optimal_return(self) -> Array:
         """``J* = sum_s rho(s) max_a r[s, a]``. ``[]``."""
@@ -222,3 +234,92 @@ def _check_noise(noise: str, noise_std: float, r: np.ndarray) -> None:
     errors.number("noise_std", noise_std, low=0.0)
     if noise == "bernoulli" and ((r < 0) | (r > 1)).any():
         raise errors.ConfigError("noise", "bernoulli rewards need mean rewards in [0, 1]")
+
+
+# ----------------------------------------------------------------------------- [env] declarations
+
+NOISE_FIELDS = (
+    Field("noise", "str", "deterministic", "how a sampled reward is drawn around its mean "
+          "(sampled rules): exactly, bernoulli (means in [0, 1]) or gaussian", choices=NOISE_MODELS),
+    Field("noise_std", "float", 1.0, "standard deviation of gaussian reward noise", low=0.0),
+)
+SHARED = Field("shared", "bool", False, "draw one environment for all seeds (else one per seed)")
+
+
+def _fewer_correct_than_actions(v, ctx) -> None:
+    if v["num_correct"] >= v["actions"]:
+        raise errors.ConfigError("num_correct", f"must be below the number of actions "
+                                                f"{v['actions']}, got {v['num_correct']}")
+
+
+def _bernoulli_means_in_unit_interval(v, ctx) -> None:
+    if v["noise"] == "bernoulli" and (v["generator"] == "gaussian" or (
+            v["generator"] == "uniform" and (v["low"] < 0 or v["high"] > 1))):
+        raise errors.ConfigError("noise", "bernoulli rewards need mean rewards in [0, 1]")
+
+
+def rho_matches(count: str) -> Callable:
+    """A check: the optional prompt weights ``rho`` are a distribution over ``values[count]``
+    prompts."""
+    def check(v, ctx) -> None:
+        if v["rho"] is not None:
+            rho = errors.as_array("rho", v["rho"], ndim=1)
+            if rho.shape[0] != v[count]:
+                raise errors.ConfigError("rho", f"has {rho.shape[0]} entries for {v[count]} prompts")
+            errors.probabilities("rho", rho)
+    return check
+
+
+RHO = Field("rho", "array", None, "prompt weights (default uniform)", ndim=1)
+GENERATORS = {
+    "uniform": Variant("means uniform on [low, high]", (
+        Field("low", "float", 0.0, "lowest mean reward"),
+        Field("high", "float", 1.0, "highest mean reward", low=lambda v, ctx: float(v["low"]))),
+        binary=lambda v: v["low"] == v["high"] and v["low"] in (0, 1)),  # every mean is low
+    "bernoulli": Variant("means in {0, 1}", (
+        Field("p", "float", 0.5, "probability of a mean reward of 1", low=0.0, high=1.0),),
+        binary=True),
+    "gaussian": Variant("means N(loc, scale^2)", (
+        Field("loc", "float", 0.0, "mean of the mean rewards"),
+        Field("scale", "float", 1.0, "standard deviation of the mean rewards", low=0.0)),
+        binary=lambda v: v["scale"] == 0 and v["loc"] in (0, 1)),
+    "verifiable": Variant("num_correct correct answers (reward 1) per prompt, the rest 0", (
+        Field("num_correct", "int", 1, "correct answers per prompt", low=1),
+        _fewer_correct_than_actions), binary=True),
+}
+
+
+def _drawn(*generators) -> tuple:
+    """The fields of rewards drawn by ``generator``, then ``shared``."""
+    return (Field("generator", "str", "uniform", "how the mean rewards are drawn",
+                  choices=generators),
+            Cases("generator", {g: GENERATORS[g] for g in generators}), SHARED,
+            _bernoulli_means_in_unit_interval)
+
+
+def _draw(v, arms: int, contexts: int = 1, rho=None) -> Draw:
+    params = {f.name: v[f.name] for f in fields_of(GENERATORS[v["generator"]].fields)}
+    return Draw(random_bandit, dict(arms=arms, generator=v["generator"], contexts=contexts,
+                                    rho=rho, noise=v["noise"], noise_std=v["noise_std"], **params),
+                shared=v["shared"])
+
+
+register(EnvKind("bandit", doc="a K-armed bandit", fields=(*NOISE_FIELDS, OneOf({
+    "means": Variant("explicit", (Field("means", "array", doc="mean reward of each arm", ndim=1),),
+                     build=lambda v: bandit(v["means"], noise=v["noise"], noise_std=v["noise_std"])),
+    "arms": Variant("means drawn per seed", (
+        Field("arms", "int", doc="number of arms", low=2), *_drawn("uniform", "bernoulli", "gaussian")),
+        build=lambda v: _draw(v, v["arms"]), shape=lambda v: (1, v["arms"])),
+}))))
+
+register(EnvKind("contextual_bandit", doc="prompts s ~ rho, one action, reward r[s, a]", fields=(
+    *NOISE_FIELDS, OneOf({
+        "r": Variant("explicit", (RHO, Field("r", "array", doc="mean rewards [S][A]", ndim=2)),
+                     build=lambda v: contextual_bandit(v["r"], v["rho"], noise=v["noise"],
+                                                       noise_std=v["noise_std"]))},
+        fallback=Variant("rewards drawn per seed", (
+            Field("contexts", "int", doc="number of prompts", low=1),
+            Field("actions", "int", doc="number of actions", low=2), RHO, rho_matches("contexts"),
+            *_drawn("uniform", "bernoulli", "gaussian", "verifiable")),
+            build=lambda v: _draw(v, v["actions"], v["contexts"], v["rho"]),
+            shape=lambda v: (v["contexts"], v["actions"]))))))

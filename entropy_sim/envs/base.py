@@ -1,13 +1,17 @@
-"""What every environment shares: the exact evaluation of a tabular softmax policy."""
+"""What every environment shares: the exact evaluation of a tabular softmax policy, and the
+interface (``Environment``) the rules, the runner and the config rely on."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+if TYPE_CHECKING:
+    from entropy_sim.sampling import Batch, Tally
 
 
 class Evaluation(NamedTuple):
@@ -53,3 +57,58 @@ def soft_values(pi: Array, log_pi: Array, q: Array, tau: Array) -> tuple[Array, 
 def float_dtype():
     """The default float dtype: float32, or float64 when ``jax_enable_x64`` is on."""
     return jnp.zeros(()).dtype
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """What an environment is to the rest of the package. Each is a pytree (a
+    ``jax.tree_util.register_dataclass`` dataclass: arrays are leaves, shapes and modes static)
+    and states every member explicitly; nothing is looked up by name.
+
+    - ``num_states``, ``num_actions``: the policy's table ``theta: [S, A]``; ``num_prompts``: the
+      length ``P`` of ``Evaluation.success`` and of ``prompt_weights()``;
+    - ``horizon``: the factor of the policy gradient (``1`` for a bandit, ``1 / (1 - gamma)`` for an
+      MDP, ``L`` for the token tree);
+    - ``evaluate(theta, tau)``: the exact (soft) evaluation of ``softmax(theta)``;
+    - ``sample(key, logits, prompts, group)``: a ``Batch`` of responses for the sampled rules;
+    - ``tallies``: whether ``tally(key, probs, responses)`` gives the counts and reward sums of
+      the very draws ``sample`` would make (else ``tally`` raises);
+    - ``correct_answers`` (class attribute): whether ``correct_mask()`` is defined;
+    - ``binary_rewards()``: every reward is 0 or 1, so pass@k is defined (concrete arrays only:
+      called on the host, never inside a compiled step);
+    - ``prompt_weights()``: the weights ``[P]`` of the prompts in pass@k.
+    """
+
+    correct_answers: ClassVar[bool]
+
+    @property
+    def num_states(self) -> int: ...
+
+    @property
+    def num_actions(self) -> int: ...
+
+    @property
+    def num_prompts(self) -> int: ...
+
+    @property
+    def horizon(self) -> Array: ...
+
+    @property
+    def tallies(self) -> bool: ...
+
+    def evaluate(self, theta: Array, tau: Array = 0.0) -> Evaluation: ...
+
+    def sample(self, key: Array, logits: Array, prompts: int, group: int) -> "Batch": ...
+
+    def tally(self, key: Array, probs: Array, responses: int) -> "Tally": ...
+
+    def correct_mask(self) -> Array: ...
+
+    def binary_rewards(self) -> bool: ...
+
+    def prompt_weights(self) -> Array: ...
+
+
+def all_binary(rewards: Array) -> bool:
+    """Whether every entry of ``rewards`` is 0 or 1 (on the host)."""
+    return bool(jnp.all((rewards == 0) | (rewards == 1)))

@@ -10,6 +10,8 @@ import numpy as np
 
 from entropy_sim import errors, prng
 from entropy_sim.envs.base import Evaluation, float_dtype, policy
+from entropy_sim.envs.registry import Draw, EnvKind, register
+from entropy_sim.parts import Cases, Field, OneOf, Variant
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 
 Array = jax.Array
@@ -30,6 +32,9 @@ class TabularMDP:
     mu: Array     # [S] start distribution
     # Steps of a sampled rollout (sampled rules only); truncation leaves out gamma^H of the return.
     rollout_length: int = dataclasses.field(default=0, metadata=dict(static=True))
+
+    correct_answers = False  # rewards are graded: no set of correct answers
+    tallies = False  # rollouts are several steps long: no per-action sufficient statistics
 
     @property
     def num_states(self) -> int:
@@ -91,6 +96,20 @@ class TabularMDP:
         last = lambda x: jnp.moveaxis(x, 0, -1)  # noqa: E731  [L, M, G] -> [M, G, L]
         return Batch(prompt=start, state=last(state), action=last(action), reward=togo[0],
                      togo=last(togo), discount=discount)
+
+    def tally(self, key: Array, probs: Array, responses: int):
+        raise NotImplementedError("an MDP has no tallies (tallies is False); use sample")
+
+    def correct_mask(self) -> Array:
+        raise NotImplementedError("an MDP has no correct answers (correct_answers is False)")
+
+    def binary_rewards(self) -> bool:
+        """Never: pass@k needs prompts with correct answers."""
+        return False
+
+    def prompt_weights(self) -> Array:
+        """One prompt (``Evaluation.success`` is the return)."""
+        return jnp.ones((1,), self.r.dtype)
 
 
 def default_rollout_length(gamma: float, tail: float = 1e-3) -> int:
@@ -260,3 +279,72 @@ def gridworld(size: int, gamma: float = 0.9, slip: float = 0.0) -> TabularMDP:
     r = np.zeros((states, 4))
     r[goal, :] = 1.0
     return mdp(P, r, gamma, np.eye(states)[0])
+
+
+# ----------------------------------------------------------------------------- [env] declarations
+
+GAMMA = dict(low=0.0, high=1.0, high_open=True)
+
+
+def rollout_length(gamma) -> Field:
+    """The ``rollout_length`` field: steps of a sampled rollout, by default the least ``H`` with
+    ``gamma^H <= 1e-3``; ``gamma(values, ctx)`` gives the discount."""
+    return Field("rollout_length", "int", lambda v, ctx: default_rollout_length(gamma(v, ctx)),
+                 "steps of a sampled rollout (sampled rules only); default: the least H with "
+                 "gamma^H <= 1e-3", low=1)
+
+
+def with_rollout(env: TabularMDP, values: dict, samples: bool) -> TabularMDP:
+    """Set ``rollout_length`` only where something samples (it is static: exact rules on MDPs
+    that differ only in gamma then share one compiled program)."""
+    return dataclasses.replace(env, rollout_length=values["rollout_length"]) if samples else env
+
+
+def _branching_at_most_states(v, ctx) -> None:
+    if v["branching"] > v["states"]:
+        raise errors.ConfigError("branching", f"must be <= states = {v['states']}, got "
+                                              f"{v['branching']}")
+
+
+# For MDPs whose discount is known once built (explicit arrays, a file, an MDP kind of your own;
+# with ``prepare=with_rollout``).
+ROLLOUT_LENGTH = rollout_length(lambda v, ctx: float(ctx.env.gamma))
+_GENERATORS = {
+    "garnet": Variant("random transitions to branching states, rewards U[0, 1]", (
+        Field("states", "int", doc="number of states", low=1),
+        Field("actions", "int", doc="number of actions", low=2),
+        Field("branching", "int", lambda v, ctx: min(v["states"], 2), "successors of each (s, a)",
+              low=1), _branching_at_most_states,
+        Field("shared", "bool", False, "draw one MDP for all seeds (else one per seed)")),
+        build=lambda v: Draw(garnet, dict(states=v["states"], actions=v["actions"],
+                                          branching=v["branching"], gamma=v["gamma"]),
+                             shared=v["shared"]),
+        shape=lambda v: (v["states"], v["actions"]), binary=False),
+    "chain": Variant("a chain with a hard-to-find reward at its end", (
+        Field("states", "int", doc="length of the chain", low=2),
+        Field("actions", "int", 2, "number of actions", low=2),
+        Field("distractor", "float", 0.01, "sure reward of going back from state 0")),
+        build=lambda v: chain(v["states"], v["actions"], v["gamma"], v["distractor"]),
+        shape=lambda v: (v["states"], v["actions"]), binary=False),
+    "gridworld": Variant("a size x size grid, reward in the far corner", (
+        Field("size", "int", doc="side of the grid", low=2),
+        Field("slip", "float", 0.0, "probability of a random move", low=0.0, high=1.0)),
+        build=lambda v: gridworld(v["size"], v["gamma"], v["slip"]),
+        shape=lambda v: (v["size"] ** 2, 4), binary=False),
+}
+
+register(EnvKind("mdp", doc="a tabular discounted MDP", prepare=with_rollout, fields=(OneOf({
+    "P": Variant("with r, gamma, mu", (
+        Field("P", "array", doc="transition probabilities [S][A][S']", ndim=3),
+        Field("r", "array", doc="expected rewards [S][A]", ndim=2),
+        Field("gamma", "float", doc="discount in [0, 1)", **GAMMA),
+        Field("mu", "array", None, "start distribution (default uniform)", ndim=1), ROLLOUT_LENGTH),
+        build=lambda v: mdp(v["P"], v["r"], v["gamma"], v["mu"])),
+    "path": Variant("an .npz file", (
+        Field("path", "path", doc=".npz file with arrays P, r, gamma and optionally mu"),
+        ROLLOUT_LENGTH), build=lambda v: load_npz(v["path"])),
+    "generator": Variant("garnet, chain, gridworld", (
+        Field("generator", "str", doc="the MDP family", choices=tuple(_GENERATORS)),
+        Field("gamma", "float", 0.9, "discount in [0, 1)", **GAMMA),
+        rollout_length(lambda v, ctx: float(v["gamma"])), Cases("generator", _GENERATORS))),
+}),)))

@@ -21,7 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors, prng
-from entropy_sim.envs.base import Evaluation, float_dtype, policy
+from entropy_sim.envs.bandit import RHO, SHARED, rho_matches
+from entropy_sim.envs.base import Evaluation, all_binary, float_dtype, policy
+from entropy_sim.envs.registry import Draw, EnvKind, register
+from entropy_sim.parts import Field, OneOf, Variant
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
 
 Array = jax.Array
@@ -36,6 +39,9 @@ class TokenTree:
     rho: Array     # [P] prompt weights, sum to 1
     vocab: int = dataclasses.field(metadata=dict(static=True))
     length: int = dataclasses.field(metadata=dict(static=True))
+
+    correct_answers = True  # the tokens that can still lead to a correct response
+    tallies = False  # responses are several tokens long: no per-action sufficient statistics
 
     @property
     def num_prompts(self) -> int:
@@ -140,6 +146,15 @@ class TokenTree:
         """``J* = sum_p rho(p) max_o R(p, o)``. ``[]``."""
         return jnp.sum(self.rho * jnp.max(self.reward, axis=-1))
 
+    def tally(self, key: Array, probs: Array, responses: int):
+        raise NotImplementedError("a token tree has no tallies (tallies is False); use sample")
+
+    def binary_rewards(self) -> bool:
+        return all_binary(self.reward)
+
+    def prompt_weights(self) -> Array:
+        return self.rho
+
     def sequence_index(self, tokens) -> int:
         """Index of a complete response (list of ``L`` token ids) in ``reward``'s last axis."""
         return sequence_index(tokens, self.vocab)
@@ -193,3 +208,34 @@ def all_sequences(vocab: int, length: int) -> np.ndarray:
     """Every response in sequence-index order. ``[V^L, L]`` int."""
     return np.array(list(itertools.product(range(vocab), repeat=length)), dtype=np.int64).reshape(
         vocab ** length, length)
+
+
+# ----------------------------------------------------------------------------- [env] declarations
+
+def _exactly_evaluable(v, ctx) -> None:
+    if v["vocab"] ** v["length"] > 2 ** 22:
+        raise errors.ConfigError("length", f"vocab^length = {v['vocab'] ** v['length']} responses "
+                                           f"is too many for exact evaluation (limit 2^22)")
+
+
+def _at_most_every_response(v, ctx) -> None:
+    if v["num_correct"] > v["vocab"] ** v["length"]:
+        raise errors.ConfigError("num_correct", f"must be <= vocab^length = "
+                                                f"{v['vocab'] ** v['length']}")
+
+
+register(EnvKind("token_tree", doc="a toy language model: responses of length tokens", fields=(
+    Field("vocab", "int", doc="vocabulary size V", low=2),
+    Field("length", "int", doc="tokens per response L", low=1), _exactly_evaluable,
+    OneOf({"answers": Variant("explicit", (
+        Field("answers", "list", doc="per prompt, its correct responses (each length token ids)"),
+        RHO), build=lambda v: token_tree(v["vocab"], v["length"], v["answers"], v["rho"]))},
+        fallback=Variant("correct responses drawn per seed", (
+            Field("prompts", "int", 1, "number of prompts", low=1),
+            Field("num_correct", "int", 1, "correct responses per prompt", low=1),
+            _at_most_every_response, RHO, rho_matches("prompts"), SHARED),
+            build=lambda v: Draw(random_token_tree, dict(
+                vocab=v["vocab"], length=v["length"], prompts=v["prompts"],
+                num_correct=v["num_correct"], rho=v["rho"]), shared=v["shared"]),
+            shape=lambda v: (v["prompts"] * sum(v["vocab"] ** t for t in range(v["length"])),
+                             v["vocab"]), binary=True)))))
