@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from entropy_sim.algorithms import RULES
-from entropy_sim.config import Config, Section, _resolve_env
+from entropy_sim.config import Config, _resolve_env
 from entropy_sim.diagnostics import RETURN_REG, STEP_COLUMNS
 from entropy_sim.errors import ConfigError
 from entropy_sim.results import _ordered
@@ -174,7 +174,7 @@ def plan(config: Config) -> DryRun:
         if unknown:
             raise ConfigError("quantile_metrics", f"unknown metric(s) {unknown}; this run logs "
                                                   f"{sorted([*columns, *DERIVED])}")
-    _, (num_states, num_actions) = _resolve_env(Section("env", config.to_dict()["env"]))
+    num_states, num_actions = _resolve_env(config.to_dict()["env"])[1].shape
     lay = p.layout
     return DryRun(config=config, sweep=config.sweep, grid_points=len(swept),
                   logged_steps=config["steps"] // config["log_every"], chunks=p.chunks,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, runtime_checka
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -110,5 +111,7 @@ class Environment(Protocol):
 
 
 def all_binary(rewards: Array) -> bool:
-    """Whether every entry of ``rewards`` is 0 or 1 (on the host)."""
-    return bool(jnp.all((rewards == 0) | (rewards == 1)))
+    """Whether every entry of ``rewards`` is 0 or 1, decided on the host in NumPy (config checks
+    and the dry run compile nothing for it)."""
+    values = np.asarray(rewards)
+    return bool(np.all((values == 0) | (values == 1)))
