@@ -14,6 +14,7 @@ SWEEPS = {
     "sampled_npg": ("baseline", None),
     "temp_reinforce": ("temp", [0.8, 1.2]),
     "grpo": ("eps", [0.1, 0.2]),
+    "dr_grpo": ("eps", [0.1, 0.28]),
     "entropy_reg": ("lambda", [0.0, 0.015]),
     "entropy_adv": ("beta", [0.2, 0.4]),
     "clip_cov": ("frac", [0.1, 0.5]),

@@ -283,6 +283,21 @@ def check_custom_rule(out: str):
     assert out.strip() == "pos_weight = 1 is GRPO: largest entropy difference 0.0"
 
 
+@check('"env": {"kind": "two_state", "p": 0.3}')
+def check_user_environment(out: str):
+    """NPG on the two-state MDP: state 1 pays 1 forever (V = 1/(1 - gamma) = 10) whatever the
+    action, state 0 pays 0 and reaches state 1 only by action 1, with probability p = 0.3. The
+    best return from mu = state 0 solves V0 = gamma (p 10 + (1 - p) V0): 2.7 / 0.37 = 7.297.
+    The return rises towards it and the occupancy-weighted entropy of a 2-action policy stays
+    within [0, ln 2]."""
+    rows = [floats(line) for line in out.splitlines() if re.match(r"^\s*\d+\s+\S+\s+\S+\s*$", line)]
+    assert [int(r[0]) for r in rows] == [0, 49], out
+    (_, h0, j0), (_, h1, j1) = rows
+    best = 0.9 * 0.3 * 10 / (1 - 0.9 * 0.7)
+    assert 0 < j0 < j1 <= best + 1e-4, (j0, j1, best)
+    assert 0 <= h1 < h0 <= math.log(2) + 1e-6
+
+
 def test_every_python_block_has_one_check():
     for index, block in enumerate(blocks("python")):
         assert sum(marker in block for marker in CHECKS) == 1, f"README python block {index}"
