@@ -20,7 +20,7 @@ import numpy as np
 
 from entropy_sim.algorithms import RULES
 from entropy_sim.config import Config, _resolve_env
-from entropy_sim.diagnostics import RETURN_REG, STEP_COLUMNS
+from entropy_sim.columns import run_columns
 from entropy_sim.errors import ConfigError
 from entropy_sim.results import _ordered
 from entropy_sim.runner import make_plan
@@ -187,13 +187,9 @@ def metric_columns(config: Config) -> list[str]:
     """The floating-point columns a run of ``config`` logs per grid point, seed and step: the
     per-step diagnostics, the rule's closed form and extra columns, ``return_reg`` for rules with
     ``tau``, and ``pass_at_k`` where every reward is 0 or 1."""
-    rule = RULES[config["algo"]["name"]]
-    columns = [c.name for c in STEP_COLUMNS] + list(rule.column_names)
-    if "tau" in rule.defaults:
-        columns.append(RETURN_REG.name)
-    if binary_rewards(config.to_dict()["env"]):
-        columns += [f"pass_at_{k}" for k in config["pass_at"]]
-    return _ordered(columns)  # the order of the metrics table
+    spec = RULES[config["algo"]["name"]]
+    logged = run_columns(spec, config, binary_rewards(config.to_dict()["env"]))
+    return _ordered([c.name for c in logged if c.name not in DERIVED])  # the metrics table's order
 
 
 def binary_rewards(env: dict) -> bool:
