@@ -33,6 +33,9 @@ CHECKS = {
         "closed_z": (-4.0, 4.0),     # REINFORCE: E[dH_pred_cov] = closed form (0.6 standard
                                      # errors); a biased sampler or baseline shifts it
         "overshoot": (0.02, 1.0),    # eta = 6.4: the prediction falls below -H on 17% of steps
+        "rel_small": (0.0, 0.03),    # median relative error of the steps with the smallest
+                                     # std_pi(dz) (0.004; 0.012 at full size) ...
+        "rel_large": (0.3, 10.0),    # ... and of the largest (1.08; 0.96 at full size)
     },
     "aepo": {
         "grpo_final_entropy": (0.0, 0.5),  # GRPO collapses from 1.71 (0.22 at quick size)
