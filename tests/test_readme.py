@@ -62,6 +62,24 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+def test_readme_notebook_command_installs_the_extra_pyproject_defines_for_it():
+    """The notebooks' command (not run here: Jupyter is no test dependency; tests/test_notebooks.py
+    runs the notebooks without it) installs an extra of pyproject.toml that holds what the command
+    needs, and runs every notebook into a folder outside notebooks/, which keeps no outputs."""
+    [block] = [b.strip() for b in blocks("text") if "jupyter nbconvert" in b]
+    install, command = (part.strip() for part in block.split("&&"))
+    extras = re.fullmatch(r'pip install -e "\.\[([\w,-]+)\]"', install).group(1).split(",")
+    defined = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "notebooks" in extras and set(extras) <= set(defined)
+    packages = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for e in extras for r in defined[e]}
+    assert {"nbconvert", "ipykernel"} <= packages  # the converter, and the kernel it executes in
+    argv = shlex.split(command)
+    assert argv[:2] == ["jupyter", "nbconvert"] and "--execute" in argv
+    assert "notebooks/*.ipynb" in argv and sorted((ROOT / "notebooks").glob("*.ipynb"))
+    out = (ROOT / argv[argv.index("--output-dir") + 1]).resolve()
+    assert not out.is_relative_to(ROOT / "notebooks")
+
+
 def test_readme_demo_command_writes_results_table_and_figure(scratch):
     run_shell(blocks("bash")[0].strip(), scratch)
     assert (scratch / "results/demo/metrics.parquet").exists()
