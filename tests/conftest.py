@@ -2,7 +2,6 @@
 
 import gc
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -17,13 +16,14 @@ MEMORY_VAR = "ENTROPY_SIM_TEST_MEMORY"
 MEMORY_KEY = "entropy_sim_peak_rss_mb"
 
 
-def peak_rss_mb() -> dict:
-    """Peak resident memory in MB of this process and of the largest subprocess it has waited for
-    (``ru_maxrss``: kilobytes on Linux, bytes on macOS)."""
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (``ru_maxrss``: kilobytes on Linux, bytes on
+    macOS). Not its subprocesses: ``RUSAGE_CHILDREN`` would count the parent's own memory at each
+    fork (a forked child starts with the parent's pages), which is no measure of the child."""
+    import resource  # Unix only: imported when asked for
+
     unit = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
-    return {who: resource.getrusage(which).ru_maxrss * unit
-            for who, which in (("self", resource.RUSAGE_SELF),
-                               ("children", resource.RUSAGE_CHILDREN))}
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 
 
 # The quick subset, `python -m pytest -m quick`: a smoke test of the maths, the engine and the
@@ -109,7 +109,7 @@ def pytest_sessionfinish(session):
     if os.environ.get(MEMORY_VAR) == "1":
         if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: tell the controller
             session.config.workeroutput[MEMORY_KEY] = peak_rss_mb()
-        else:  # the only process, or pytest-xdist's controller (its subprocesses: the workers)
+        else:  # the only process, or pytest-xdist's controller
             peaks = getattr(session.config, "_entropy_sim_peaks", {})
             peaks["controller" if peaks else "main process"] = peak_rss_mb()
             session.config._entropy_sim_peaks = peaks
@@ -140,8 +140,7 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     terminalreporter.write_sep("-", f"peak resident memory ({MEMORY_VAR}=1)")
     for who, mb in sorted(peaks.items()):
-        terminalreporter.write_line(f"{who}: {mb['self']:,.0f} MB; largest subprocess it ran: "
-                                    f"{mb['children']:,.0f} MB")
+        terminalreporter.write_line(f"{who}: {mb:,.0f} MB")
 
 
 @pytest.fixture
