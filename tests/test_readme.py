@@ -62,6 +62,25 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+def test_readme_quick_test_command_selects_the_subset_conftest_names():
+    """The quick subset's command (not run here: it is part of this suite) selects the marker that
+    pyproject.toml registers, and every test tests/conftest.py puts in the subset exists."""
+    import ast
+
+    import conftest
+
+    assert [b.strip() for b in blocks("text") if "-m quick" in b] == ["python -m pytest -q -m quick"]
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"][
+        "markers"]
+    assert any(m.startswith("quick:") for m in markers)
+    for file in conftest.QUICK_FILES:
+        assert (ROOT / "tests" / file).exists(), file
+    for file, names in conftest.QUICK_TESTS.items():
+        tree = ast.parse((ROOT / "tests" / file).read_text())
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert set(names) <= defined, f"{file}: no {sorted(set(names) - defined)}"
+
+
 def test_readme_notebook_command_installs_the_extra_pyproject_defines_for_it():
     """The notebooks' command (not run here: Jupyter is no test dependency; tests/test_notebooks.py
     runs the notebooks without it) installs an extra of pyproject.toml that holds what the command
