@@ -12,6 +12,7 @@ from entropy_sim.config import Config
 from entropy_sim.experiment import build
 from entropy_sim.results import Results
 from entropy_sim.checkpoint import Checkpoint
+from entropy_sim.sweeps import SweepResults
 from entropy_sim.runner import make_plan, run_arrays
 
 
@@ -20,9 +21,13 @@ def load_config(path, overrides=()) -> Config:
     return Config.from_toml(path, overrides)
 
 
-def run(config: Config | dict | str | Path, *, progress: bool = True, checkpoint=None) -> Results:
+def run(config: Config | dict | str | Path, *, progress: bool = True,
+        checkpoint=None) -> Results | SweepResults:
     """Run every seed at every grid point of ``config`` (a ``Config``, a dict shaped like the TOML
-    file, or a path to one) and return the ``Results``.
+    file, or a path to one) and return the ``Results``. A config that sweeps static fields
+    (``config.static_sweep``: lists for ``algo.name``, ``algo.group``, environment or policy
+    fields, the master ``seed``) runs once per combination and returns ``SweepResults``, whose
+    tables hold every run with a column per swept field (``sweeps.py``).
 
     ``checkpoint``: a folder that keeps the run's progress after every chunk; running the same
     config again with the same folder resumes where an interrupted run stopped (identical results).
@@ -34,6 +39,21 @@ def run(config: Config | dict | str | Path, *, progress: bool = True, checkpoint
         config = load_config(config)
     elif isinstance(config, dict):
         config = Config(config)
+    if not config.static_sweep:
+        return _run_one(config, progress=progress, checkpoint=checkpoint)
+    start, clock = provenance.now(), time.perf_counter()
+    runs = []
+    for i, (values, part) in enumerate(config.runs()):
+        where = None if checkpoint is None else Path(checkpoint) / f"run-{i}"
+        runs.append((values, _run_one(part, progress=progress, checkpoint=where)))
+    record = {**runs[0][1].provenance, "start": start.isoformat(timespec="seconds"),
+              "wall_s": round(time.perf_counter() - clock, 3),
+              "resumed_units": sum(r.provenance["resumed_units"] for _, r in runs)}
+    return SweepResults(config=config, runs=runs, provenance=record)
+
+
+def _run_one(config: Config, *, progress: bool, checkpoint) -> Results:
+    """One compiled run (a config that sweeps no static field)."""
     start, clock = provenance.now(), time.perf_counter()
     exp = build(config)
     plan = make_plan(exp)

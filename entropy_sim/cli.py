@@ -161,7 +161,7 @@ def _run(args) -> int:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         writer = jax.process_index() == 0
     progress = None if args.distributed else checkpoint_folder(args.out)
-    if progress is not None and (progress / "manifest.json").exists():
+    if progress is not None and progress.exists():
         print(f"resuming from {progress}/ if it holds this config's progress", file=sys.stderr)
     try:  # JAX's persistent compilation cache: ENTROPY_SIM_COMPILATION_CACHE (compile_cache.py)
         with compile_cache.using(compile_cache.cli_dir(os.environ)):
@@ -177,8 +177,10 @@ def _run(args) -> int:
     if progress is not None:
         shutil.rmtree(progress, ignore_errors=True)
     files = ", ".join(sorted(p.name for p in args.out.iterdir()))
+    runs = len(config.runs())
     print(f"wrote {args.out}/: {files} ({len(results.steps)} logged steps x {config['seeds']} "
-          f"seeds x {len(results.swept)} grid points)")
+          f"seeds x {len(results.swept)} grid points"
+          + (f" in {runs} compiled runs)" if runs > 1 else ")"))
     return 0
 
 

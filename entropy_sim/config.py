@@ -33,7 +33,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from entropy_sim import envs, policies
+from entropy_sim import envs, policies, sweeps
 from entropy_sim.algorithms import RULES
 from entropy_sim.columns import run_columns
 from entropy_sim.errors import ConfigError
@@ -166,10 +166,7 @@ def _resolve_algo(data, num_actions: int) -> dict:
         for i, v in enumerate(values):
             hparam.check(sec.field(hparam.name) + (f"[{i}]" if isinstance(value, list) else ""), v)
     for option in spec.options:
-        # A static option: one value, not a sweep (it fixes shapes, so each value compiles anew).
-        if isinstance(sec.data.get(option.name), list):
-            raise ConfigError(sec.field(option.name), "is a static option (it fixes array shapes) "
-                                                      "and cannot be swept; run one config per value")
+        # A static option: one value per run (a list was expanded into runs, sweeps.py).
         sec.read(Field(option.name, "str" if option.choices else "int", option.default,
                        option.doc, choices=option.choices,
                        low=None if option.choices else option.minimum))
@@ -207,7 +204,21 @@ class Config:
     """A validated, fully resolved, read-only experiment configuration."""
 
     def __init__(self, raw: dict):
-        self._data = resolve(raw)
+        found, runs = sweeps.expand(raw)
+        self._axes = found
+        self._runs = None
+        if not found:
+            self._data = resolve(raw)
+            return
+        self._runs = []
+        for values, part in runs:
+            try:
+                config = Config(part)
+            except ConfigError as err:
+                raise ConfigError(err.field, f"{err.message} (in the run with "
+                                             f"{sweeps.describe(values)})") from None
+            self._runs.append((values, config))
+        self._data = sweeps.merged(found, [c._data for _, c in self._runs])
 
     @classmethod
     def from_toml(cls, path, overrides=()) -> "Config":
@@ -249,13 +260,36 @@ class Config:
 
     @property
     def sweep(self) -> dict[str, list[float]]:
-        """Swept hyperparameters (algo fields given as lists), in config order."""
-        return {k: list(v) for k, v in self._data["algo"].items() if isinstance(v, list)}
+        """Swept traced hyperparameters (algo fields given as lists), in config order; a sweep
+        over static fields (``static_sweep``) is not among them."""
+        return {k: list(v) for k, v in self._data["algo"].items()
+                if isinstance(v, list) and ("algo", k) not in self._axes}
+
+    @property
+    def static_sweep(self) -> dict[str, list]:
+        """Swept static fields, ``{column: values}`` (``{"name": ["grpo", "aepo"]}``): each
+        combination is a run of its own (``runs``); empty when nothing static is swept."""
+        columns = sweeps.column_names(self._axes)
+        return {columns[axis]: list(values) for axis, values in self._axes.items()}
+
+    def runs(self) -> list[tuple[dict, "Config"]]:
+        """``[(values, config)]``: per combination of the swept static fields, their values
+        (``{column: value}``) and the config of that run; ``[({}, self)]`` when nothing static is
+        swept."""
+        if self._runs is None:
+            return [({}, self)]
+        columns = sweeps.column_names(self._axes)
+        return [({columns[axis]: v for axis, v in values.items()}, config)
+                for values, config in self._runs]
 
     def grid(self) -> tuple[dict[str, np.ndarray], list[dict]]:
         """The hyperparameter grid: ``{name: [G] array}`` for every hyperparameter of the rule, and
         the swept values of each grid point. Grid points are the Cartesian product of the sweep
-        lists, the last list varying fastest."""
+        lists, the last list varying fastest. A sweep over static fields has one grid per run
+        (``runs``)."""
+        if self._runs is not None:
+            raise ValueError(f"this config sweeps static fields ({', '.join(self.static_sweep)}): "
+                             f"one compiled run each; use config.runs()")
         algo = self._data["algo"]
         names = [h.name for h in RULES[algo["name"]].hparams]
         axes = [algo[n] if isinstance(algo[n], list) else [algo[n]] for n in names]

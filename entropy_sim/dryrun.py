@@ -121,6 +121,12 @@ class DryRun:
 
     def render(self) -> str:
         """The resolved config as TOML, then the plan as comments."""
+        head = ["# Resolved config (every default filled in; runs as it is):"]
+        return "\n".join(head + [to_toml(self.config.to_dict()), ""]
+                         + [f"# {line}" for line in self.lines()])
+
+    def lines(self) -> list[str]:
+        """The plan, one line per fact."""
         cfg = self.config
         dtype, size = cfg["dtype"], self.itemsize
         grid = (" x ".join(f"{k} = {json.dumps(v)}" for k, v in self.sweep.items())
@@ -158,13 +164,41 @@ class DryRun:
         lines.append(f"final logits: {_size(self.final_logits_bytes)} ({self.grid_points} x "
                      f"{cfg['seeds']} x {self.num_states} states x {self.num_actions} actions x "
                      f"{size} B)")
+        return lines
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepDryRun:
+    """The plan of a sweep over static fields: each run's ``DryRun`` with its swept values."""
+
+    config: Config
+    runs: list  # [(values, DryRun)]
+
+    @property
+    def compiled_programs(self) -> int:
+        return sum(run.compiled_programs for _, run in self.runs)
+
+    def render(self) -> str:
+        """The resolved config as TOML (the swept static fields as lists), then each run's plan."""
         head = ["# Resolved config (every default filled in; runs as it is):"]
-        return "\n".join(head + [to_toml(cfg.to_dict()), ""] + [f"# {line}" for line in lines])
+        sweep = " x ".join(f"{k} = {json.dumps(v)}" for k, v in self.config.static_sweep.items())
+        lines = [f"runs: {len(self.runs)}, one per combination of the static fields swept "
+                 f"({sweep}); {self.compiled_programs} compiled programs in all; the result "
+                 f"tables have a column per swept field"]
+        for i, (values, run) in enumerate(self.runs):
+            where = ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+            lines += ["", f"run {i + 1} of {len(self.runs)}: {where}"]
+            lines += [f"  {line}" for line in run.lines()]
+        return "\n".join(head + [to_toml(self.config.to_dict()), ""]
+                         + [f"# {line}".rstrip() for line in lines])
 
 
-def plan(config: Config) -> DryRun:
+def plan(config: Config) -> DryRun | SweepDryRun:
     """The plan of ``config`` (see the module docstring); raises ``ConfigError`` for what only
-    the run would otherwise find: more ``devices`` than there are, unknown ``quantile_metrics``."""
+    the run would otherwise find: more ``devices`` than there are, unknown ``quantile_metrics``.
+    A sweep over static fields gets a plan per run (``SweepDryRun``)."""
+    if config.static_sweep:
+        return SweepDryRun(config, [(values, plan(part)) for values, part in config.runs()])
     _, swept = config.grid()
     shape = SimpleNamespace(config=config, num_grid=len(swept), num_seeds=config["seeds"])
     p = make_plan(shape)  # reads only these three attributes of an Experiment

@@ -40,7 +40,16 @@ def style():
 
 
 def grid_label(row: pd.Series | dict, keys) -> str:
-    return ", ".join(f"{k}={row[k]:g}" for k in keys) or "all seeds"
+    """``name=aepo, eta=0.1``: the swept values of a grid point (a field its run lacks, NaN, is
+    left out)."""
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
+
+    return ", ".join(f"{k}={text(row[k])}" for k in keys if not _missing(row[k])) or "all seeds"
+
+
+def _missing(value) -> bool:
+    return isinstance(value, (float, np.floating)) and np.isnan(value)
 
 
 def band_plot(ax, summary: pd.DataFrame, metric: str, keys, *, band: str = "quantile") -> str:
@@ -48,7 +57,7 @@ def band_plot(ax, summary: pd.DataFrame, metric: str, keys, *, band: str = "quan
     (``band="quantile"``) or the 95% confidence interval of the mean (``band="ci"``, also where the
     summary has no such quantiles of ``metric``). Returns the band drawn, for a title."""
     sub = summary[summary.metric == metric]
-    groups = sub.groupby(list(keys), sort=False) if keys else [((), sub)]
+    groups = sub.groupby(list(keys), sort=False, dropna=False) if keys else [((), sub)]
     quantiles = (band == "quantile" and {"q025", "q975"} <= set(summary.columns)
                  and bool(sub[["q025", "q975"]].notna().all().all()))
     lo, hi = ("q025", "q975") if quantiles else ("ci_low", "ci_high")  # CI if other quantiles
@@ -66,7 +75,7 @@ def law_plot(ax, metrics: pd.DataFrame, keys, *, max_points: int = 20000, seed: 
     rng = np.random.default_rng(seed)
     sample = metrics if len(metrics) <= max_points else metrics.iloc[
         np.sort(rng.choice(len(metrics), max_points, replace=False))]
-    groups = sample.groupby(list(keys), sort=False) if keys else [((), sample)]
+    groups = sample.groupby(list(keys), sort=False, dropna=False) if keys else [((), sample)]
     for i, (_, g) in enumerate(groups):
         ax.scatter(g.dH_pred_cov, g.dH_realized, s=4, alpha=0.5, color=OKABE_ITO[i % len(OKABE_ITO)],
                    label=grid_label(g.iloc[0], keys), rasterized=True)
@@ -77,6 +86,18 @@ def law_plot(ax, metrics: pd.DataFrame, keys, *, max_points: int = 20000, seed: 
     ax.set_title(f"covariance law: corr = {corr:.4f}")
     ax.set_xlabel(LABELS["dH_pred_cov"])
     ax.set_ylabel(LABELS["dH_realized"])
+
+
+def grid_columns(summary: pd.DataFrame) -> list[str]:
+    """The columns of a summary table that tell its grid points apart: the swept fields, static
+    and traced, which come before ``step``."""
+    columns = list(summary.columns)
+    return columns[:columns.index("step")]
+
+
+def _words(value) -> str:
+    """A swept field's values (``grpo, aepo``) or its value."""
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
@@ -94,8 +115,8 @@ def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
         return [_plot_metrics(out, config, summary, list(metrics), fmt)]
     full = (out / "metrics.parquet").exists()  # a summary-mode folder has no per-seed rows
     metrics = pd.read_parquet(out / "metrics.parquet") if full else None
-    keys = [k for k, v in config["algo"].items() if isinstance(v, list)]
-    title = config.get("name") or f"{config['algo']['name']} on {config['env']['kind']}"
+    keys = grid_columns(summary)
+    title = config.get("name") or f"{_words(config['algo']['name'])} on {_words(config['env']['kind'])}"
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     with style():
@@ -112,7 +133,7 @@ def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
             axes[2].set_ylabel("|realized − predicted ΔH| [nats]")
             axes[2].set_title("covariance law: error (mean, 95% of seeds)")
         axes[0].legend(frameon=False)
-        fig.suptitle(f"{title}  ({config['seeds']} seeds)")
+        fig.suptitle(f"{title}  ({_words(config['seeds'])} seeds)")
         path = figures / f"overview.{fmt}"
         fig.savefig(path)
         plt.close(fig)
@@ -131,8 +152,8 @@ def _plot_metrics(out: Path, config: dict, summary: pd.DataFrame, metrics: list[
             guess = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError("--metrics", f"unknown metric {name!r}{guess}; this folder has: "
                                            f"{', '.join(available)}")
-    keys = [k for k, v in config["algo"].items() if isinstance(v, list)]
-    title = config.get("name") or f"{config['algo']['name']} on {config['env']['kind']}"
+    keys = grid_columns(summary)
+    title = config.get("name") or f"{_words(config['algo']['name'])} on {_words(config['env']['kind'])}"
     cols = min(len(metrics), 3)
     rows = -(-len(metrics) // cols)
     figures = out / "figures"
@@ -145,7 +166,7 @@ def _plot_metrics(out: Path, config: dict, summary: pd.DataFrame, metrics: list[
         for ax in axes.flat[len(metrics):]:
             ax.set_visible(False)
         axes.flat[0].legend(frameon=False)
-        fig.suptitle(f"{title}  ({config['seeds']} seeds)")
+        fig.suptitle(f"{title}  ({_words(config['seeds'])} seeds)")
         path = figures / f"{'-'.join(metrics)}.{fmt}"
         fig.savefig(path)
         plt.close(fig)

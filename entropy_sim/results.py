@@ -111,21 +111,27 @@ class Results:
         """Write the result folder atomically: ``metrics.parquet`` and ``final_policy.parquet``
         (full mode) or ``final_policy_summary.parquet`` (summary mode), ``summary.parquet``,
         ``config.json`` and ``run.json`` (``provenance``; versions and git only if None)."""
-        from entropy_sim import provenance
+        return save_folder(self, out_dir, overwrite=overwrite)
 
-        out = Path(out_dir)
-        record = self.provenance if self.provenance is not None else provenance.collect()
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            if self.arrays is not None:
-                self.metrics.to_parquet(tmp / "metrics.parquet", index=False)
-                self.final_policy.to_parquet(tmp / "final_policy.parquet", index=False)
-            else:
-                self.final_policy_summary().to_parquet(tmp / "final_policy_summary.parquet",
-                                                       index=False)
-            self.summary().to_parquet(tmp / "summary.parquet", index=False)
-            (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            (tmp / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-        return out
+
+def save_folder(results, out_dir, *, overwrite: bool = False) -> Path:
+    """Write the result folder of ``results`` (``Results`` or ``sweeps.SweepResults``)
+    atomically; see ``Results.save``."""
+    from entropy_sim import provenance
+
+    out = Path(out_dir)
+    record = results.provenance if results.provenance is not None else provenance.collect()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if results.config["output"] == "full":
+            results.metrics.to_parquet(tmp / "metrics.parquet", index=False)
+            results.final_policy.to_parquet(tmp / "final_policy.parquet", index=False)
+        else:
+            results.final_policy_summary().to_parquet(tmp / "final_policy_summary.parquet",
+                                                      index=False)
+        results.summary().to_parquet(tmp / "summary.parquet", index=False)
+        (tmp / "config.json").write_text(json.dumps(results.config.to_dict(), indent=2) + "\n")
+        (tmp / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
 
 
 def summarize(arrays: dict[str, np.ndarray], steps: np.ndarray, swept: list[dict],
@@ -277,11 +283,15 @@ class ResultFolder:
             return pd.read_parquet(stored)
         table = self.final_policy
         swept = [c for c in table.columns if c not in ("seed", "state", "action", "logit", "prob")]
-        num_seeds = int(table.seed.max()) + 1
-        num_states, num_actions = int(table.state.max()) + 1, int(table.action.max()) + 1
-        logits = table.logit.to_numpy().reshape(-1, num_seeds, num_states, num_actions)
-        points = table[swept].iloc[::num_seeds * num_states * num_actions].to_dict("records")
-        return final_policy_stats(logits, points, tuple(self.config["quantiles"]))
+        frames = []  # one per run of a sweep over static fields (sizes may differ), else one
+        keys = _run_keys(self.config)
+        for _, run in table.groupby(keys, sort=False, dropna=False) if keys else [(None, table)]:
+            num_seeds = int(run.seed.max()) + 1
+            num_states, num_actions = int(run.state.max()) + 1, int(run.action.max()) + 1
+            logits = run.logit.to_numpy().reshape(-1, num_seeds, num_states, num_actions)
+            points = run[swept].iloc[::num_seeds * num_states * num_actions].to_dict("records")
+            frames.append(final_policy_stats(logits, points, tuple(self.config["quantiles"])))
+        return pd.concat(frames, ignore_index=True)
 
     def _table(self, name: str, hint: str) -> Path:
         path = self.path / name
@@ -291,6 +301,18 @@ class ResultFolder:
 
     def __repr__(self):
         return f"ResultFolder({str(self.path)!r})"
+
+
+def _run_keys(config: dict) -> list[str]:
+    """The columns that tell the runs of a sweep over static fields apart (``[]`` for one run):
+    the config's ``static_sweep``."""
+    from entropy_sim.config import Config
+    from entropy_sim.errors import ConfigError
+
+    try:
+        return list(Config(config).static_sweep)
+    except ConfigError:  # a folder of an older version, whose config no longer resolves
+        return []
 
 
 class atomic_dir:

@@ -64,7 +64,10 @@ BAD = {
     "prior correct_mass on mdp": (small_config(env=MDP, policy={"init": "prior", "correct_mass": 0.1}), "policy.correct_mass", "mdp"),
     "verifiable all correct": (small_config(env={"kind": "contextual_bandit", "contexts": 2, "actions": 3, "generator": "verifiable", "num_correct": 3}), "env.num_correct", "below"),
     # Sampled rules: static options, hyperparameter ranges, fields that must agree.
-    "batch swept": (small_config(algo={"name": "reinforce", "eta": 0.1, "batch": [8, 16]}), "algo.batch", "cannot be swept"),
+    "batch swept with a bad value": (small_config(algo={"name": "reinforce", "eta": 0.1, "batch": [8, 0]}), "algo.batch", "got 0 (in the run with algo.batch = 0)"),
+    "output swept": (small_config(output=["full", "summary"]), "output", "cannot be swept"),
+    "empty static sweep": (small_config(algo={"name": [], "eta": 0.1}), "algo.name", "at least one"),
+    "a key no swept rule takes": (small_config(algo={"name": ["pg", "npg"], "eta": 0.1, "group": 4}), "algo.group", "pg takes no group; it takes eta; for entropy regularisation use pg_entropy (in the run with algo.name = 'pg')"),
     "batch zero": (small_config(algo={"name": "reinforce", "eta": 0.1, "batch": 0}), "algo.batch", ">= 1"),
     "batch not an integer": (small_config(algo={"name": "grpo", "eta": 0.1, "batch": 2.5}), "algo.batch", "integer"),
     "unknown baseline": (small_config(algo={"name": "reinforce", "eta": 0.1, "baseline": "critic"}), "algo.baseline", "loo"),
