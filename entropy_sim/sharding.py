@@ -126,11 +126,17 @@ def _map(fn, xs: tuple, length: int, count):
     """``lax.map(lambda x: fn(*x), xs)`` as a loop whose trip count ``count`` (= ``length``) is a
     runtime value: XLA would inline a loop it knows runs once into its surroundings, where it can
     be fused differently and round differently."""
-    first = jax.eval_shape(lambda: fn(*jax.tree.map(lambda x: x[0], xs)))
+    # ``fn`` is traced once: ``closure_convert`` keeps its program (with the values it closes
+    # over as arguments), which both the output shapes and the loop body then evaluate. Tracing it
+    # again for each, at every level of nesting, would multiply the time spent in Python.
+    example = jax.tree.map(lambda x: x[0], xs)
+    traced, consts = jax.closure_convert(lambda *x: fn(*x), *example)
+    first = jax.eval_shape(traced, *example, *consts)
     init = jax.tree.map(lambda s: jnp.zeros((length,) + s.shape, s.dtype), first)
 
     def body(i, out):
-        y = fn(*jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), xs))
+        y = traced(*jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), xs),
+                   *consts)
         return jax.tree.map(lambda o, v: jax.lax.dynamic_update_index_in_dim(o, v, i, 0), out, y)
 
     return jax.lax.fori_loop(0, count, body, init)
