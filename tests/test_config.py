@@ -1,8 +1,6 @@
 """Bad input gets a clear error naming the field, raised before anything is compiled or written."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -224,18 +222,20 @@ def test_mdp_from_npz_path_relative_to_the_config_file(tmp_path):
         es.load_config(tmp_path / "c.toml", ["env.path=bad.npz"])
 
 
-def test_cli_bad_input_exits_nonzero_names_the_field_and_writes_nothing(tmp_path):
+def test_cli_bad_input_exits_nonzero_names_the_field_and_writes_nothing(tmp_path, capsys):
+    """In this process (tests/test_cli.py runs one config error in a fresh process too)."""
+    from entropy_sim import cli
+
     path = tmp_path / "c.toml"
     path.write_text('steps = 3\n[env]\nkind = "bandit"\nmeans = [1.0, 0.5]\n[algo]\nname = "pg"\neta = 0.1\n')
     cases = {"algo.eta=0": "algo.eta", "env.means=[1.0]": "env.means", "algo.name=ppo": "algo.name",
              "env.meanz=[1,2]": "env.meanz", "env.means=[1.0, nan]": "env.means"}
     for override, field in cases.items():
         out = tmp_path / "out"
-        proc = subprocess.run([sys.executable, "-m", "entropy_sim.cli", "run", str(path), "--out", str(out),
-                               "--set", override], capture_output=True, text=True)
-        assert proc.returncode == 2, proc.stderr
-        assert field in proc.stderr
-        assert "Traceback" not in proc.stderr
+        status = cli.main(["run", str(path), "--out", str(out), "--set", override])
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert err.startswith(f"entropy-sim: error: {field}") and "Traceback" not in err
         assert not out.exists() and list(tmp_path.iterdir()) == [path]
 
 

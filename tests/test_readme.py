@@ -4,6 +4,8 @@ Each Python block's printed numbers are checked against expectations derived ind
 engine: closed forms, NumPy computations of the same maths, or bounds that follow from the theory.
 """
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,13 +43,26 @@ def scratch(tmp_path, monkeypatch):
     algorithms.RULES.update(registered)
 
 
-def run_shell(line: str, cwd) -> str:
-    """Run a README command line (``a && b``); returns the stdout of its last command."""
+def run_shell(line: str, cwd, *, in_process: bool = False) -> str:
+    """Run a README command line (``a && b``); returns the stdout of its last command.
+    ``in_process``: ``entropy-sim`` commands call ``cli.main`` here (in ``cwd``, which the
+    ``scratch`` fixture made the current folder), sharing this process's compiled programs;
+    tests/test_cli.py runs the installed entry point in fresh processes."""
     out = ""
     for command in line.split("&&"):
         argv = shlex.split(command)
         if argv[:2] == ["pip", "install"]:
             continue  # installing is what CI itself does first (.ci/run)
+        if in_process and argv[0] == "entropy-sim":
+            from entropy_sim import cli
+
+            assert Path(cwd).resolve() == Path.cwd().resolve()
+            printed, errors = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+                status = cli.main(argv[1:])
+            assert status == 0, f"{command}\n{printed.getvalue()}\n{errors.getvalue()}"
+            out = printed.getvalue()
+            continue
         if argv[0] == "entropy-sim":
             argv = [sys.executable, "-m", "entropy_sim.cli"] + argv[1:]
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
@@ -100,7 +116,7 @@ def test_readme_notebook_command_installs_the_extra_pyproject_defines_for_it():
 
 
 def test_readme_demo_command_writes_results_table_and_figure(scratch):
-    run_shell(blocks("bash")[0].strip(), scratch)
+    run_shell(blocks("bash")[0].strip(), scratch, in_process=True)
     assert (scratch / "results/demo/metrics.parquet").exists()
     assert (scratch / "results/demo/figures/overview.png").stat().st_size > 10_000
 
@@ -113,7 +129,7 @@ def test_readme_experiments_command_is_the_one_the_experiment_tests_run():
 
 def test_readme_cli_commands_run(scratch):
     lines = blocks("bash")[2].strip().splitlines()
-    outputs = [run_shell(line, scratch) for line in lines]
+    outputs = [run_shell(line, scratch, in_process=True) for line in lines]
     assert (scratch / "results/sweep/figures/overview.png").exists()
     # The dry run (first line) wrote nothing and described the demo config with its overrides:
     # three step sizes, 100 seeds, 200 steps of which every one is logged.
