@@ -416,6 +416,8 @@ def numpy_aepo(r, rho, theta, hp, batch, group, steps, uniforms, pass_at=(1, 8))
             "batch_reward": reward.mean((0, 1)),
             "zero_adv_groups": equal.mean((0, 1), dtype=F32),
             "clip_frac": np.zeros(n, F32),  # on-policy: the ratio is exactly 1 at the only gradient
+            "clip_frac_low": np.zeros(n, F32),
+            "clip_frac_high": np.zeros(n, F32),
             "temp_used": temp,
             "dH_temp": _rs(rho3 * at_temp, ax),
             "dH_dT": _rs(rho3 * slope, ax),

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from entropy_sim import rules, sampled
 from entropy_sim.diagnostics import TEMPERATURE_COLUMNS
-from entropy_sim.objectives import (BATCH_COLUMNS, ETA, aepo_regulariser, clip_cov_tokens,
-                                    entropy_bonus, entropy_shaping, group_centred, group_normalised,
-                                    kl_cov_tokens, plain_ratio, policy_rule, ppo_clip)
+from entropy_sim.objectives import (BATCH_COLUMNS, ETA, aepo_regulariser, cispo_weight,
+                                    clip_cov_tokens, dual_clip, entropy_bonus, entropy_shaping,
+                                    forking_tokens, group_centred, group_normalised, gspo_clip,
+                                    kl_cov_tokens, plain_ratio, policy_rule, ppo_clip, sapo_gate,
+                                    sign_weighted, signed_reward, with_defaults)
 from entropy_sim.parts import Hparam, Option, RuleSpec
 from entropy_sim.sampling import BASELINES
 
@@ -81,5 +83,19 @@ for _spec in [
                 *GRPO, aepo_regulariser(hot_and_cold=False)),
     policy_rule("aepo_adv", "AEPO ablation: regulariser with the group advantage, negatives kept",
                 *GRPO, aepo_regulariser(positives=False)),
+    policy_rule("dapo", "DAPO's clip-higher (eps_high = 0.28), token mean; no dynamic sampling",
+                group_normalised, with_defaults(ppo_clip, eps_high=0.28)),
+    policy_rule("grpo_dual_clip", "GRPO with verl's dual clip c = 3 for A < 0",
+                *GRPO, dual_clip),
+    policy_rule("gspo", "GSPO: sequence-level ratio and clip (Zheng et al.), eps 3e-4 / 4e-4",
+                group_normalised, with_defaults(gspo_clip, eps=3e-4, eps_high=4e-4)),
+    policy_rule("cispo", "CISPO: capped, stop-gradient importance weight x A log pi (MiniMax-M1)",
+                group_normalised, cispo_weight),
+    policy_rule("sapo", "SAPO: soft sigmoid gate in place of the clip (Gao et al.)",
+                group_normalised, sapo_gate),
+    policy_rule("forking_tokens", "GRPO on the top-20% entropy tokens only (80/20, Wang et al.)",
+                *GRPO, forking_tokens),
+    policy_rule("w_reinforce", "W-REINFORCE: +-1 reward, positives x 0.1, no baseline (Zhu et al.)",
+                signed_reward, plain_ratio, with_defaults(sign_weighted, pos_weight=0.1)),
 ]:
     register(_spec)

@@ -102,12 +102,19 @@ class Piece:
 
 ETA = Hparam("eta", None, "learning rate", low=0.0, low_open=True)
 EPS = Hparam("eps", 0.2, "PPO clip range", low=0.0)
+EPS_HIGH = Hparam("eps_high", -1.0, "upper clip range, ratio capped at 1 + eps_high; -1 = eps "
+                                    "(symmetric)", low=-1.0)
 BATCH_COLUMNS = (
     Column("entropy_batch", "token mean of H(pi(.|s_t)) over the batch: the LLM papers' entropy "
                             "estimate, next to the exact entropy"),
     Column("batch_reward", "mean reward of the step's sampled responses"),
     Column("zero_adv_groups", "fraction of groups whose rewards are all equal (zero advantage)"),
-    Column("clip_frac", "fraction of tokens whose gradient the clip removed, averaged over epochs"),
+    Column("clip_frac", "fraction of tokens whose gradient the clip removed (CISPO: capped), "
+                        "averaged over epochs; clip_frac_low + clip_frac_high"),
+    Column("clip_frac_low", "the part of clip_frac with A < 0: PPO's lower bound r < 1 - eps "
+                            "(or the dual clip, or CISPO's cap)"),
+    Column("clip_frac_high", "the part of clip_frac with A > 0: PPO's upper bound "
+                             "r > 1 + eps_high (or CISPO's cap)"),
 )
 GROUP_OPTIONS = (
     Option("batch", 8, "prompts per step (groups)"),
@@ -143,6 +150,47 @@ def _entropy_shaped(adv, ctx: Context, hp) -> Array:
     return adv + jnp.minimum(hp["beta"] * ctx.ev.ent[ctx.sample.state], jnp.abs(adv) / hp["kappa"])
 
 
+def _batch_normalised(adv, ctx: Context, hp) -> Array:
+    reward = ctx.sample.reward
+    equal = jnp.all(reward == reward[..., :1], axis=-1, keepdims=True)
+    flat = jnp.all(reward == reward.ravel()[0])
+    centred = reward - jnp.mean(reward, axis=-1, keepdims=True)
+    std = jnp.std(reward, ddof=1) if reward.size > 1 else jnp.ones((), reward.dtype)
+    return per_token(jnp.where(equal | flat, 0.0, centred / jnp.where(flat, 1.0, std)), ctx.sample)
+
+
+batch_normalised = Piece(
+    "batch_normalised", "(R - group mean) / std of all the batch's rewards (sample std; 0 for an "
+                        "all-equal group or batch): TRL scale_rewards = \"batch\" (without its "
+                        "+1e-4): Lite PPO's group mean and batch std (Liu et al. 2025)",
+    advantage=_batch_normalised)
+
+
+def _signed_reward(adv, ctx: Context, hp) -> Array:
+    return per_token(2.0 * ctx.sample.reward - 1.0, ctx.sample)
+
+
+signed_reward = Piece(
+    "signed_reward", "A = 2R - 1, no baseline: +1 for a correct response, -1 for a wrong one "
+                     "(Zhu et al. 2025's +-1 reward, for rewards in {0, 1})",
+    advantage=_signed_reward)
+
+
+def _sign_weighted(adv, ctx: Context, hp) -> Array:
+    return jnp.where(adv > 0, hp["pos_weight"], hp["neg_weight"]) * adv
+
+
+sign_weighted = Piece(
+    "sign_weighted", "positive advantages times pos_weight, negative ones times neg_weight: "
+                     "W-REINFORCE (Zhu et al. 2025) pos_weight = 0.1; PSR neg_weight = 0; "
+                     "NSR pos_weight = 0",
+    hparams=(Hparam("pos_weight", 1.0, "weight of positive-advantage samples (W-REINFORCE)",
+                    low=0.0),
+             Hparam("neg_weight", 1.0, "weight of negative-advantage samples (W-REINFORCE)",
+                    low=0.0)),
+    advantage=_sign_weighted)
+
+
 entropy_shaping = Piece(
     "entropy_shaping", "Entropy-Adv (Cheng et al. 2025): A + min(beta H_old(s_t), |A| / kappa)",
     hparams=(Hparam("beta", 0.4, "entropy-shaping weight (Entropy-Adv)", low=0.0),
@@ -152,21 +200,102 @@ entropy_shaping = Piece(
 
 # ----------------------------------------------------------------------------- surrogates
 
-def ppo_clip_tokens(ratio: Array, adv: Array, eps: Array) -> tuple[Array, Array]:
-    """``min(r A, clip(r, 1 - eps, 1 + eps) A)`` per token, and where the clipped branch is the
-    smaller one (the token's gradient is zero there)."""
-    clipped_value = jnp.clip(ratio, 1.0 - eps, 1.0 + eps) * adv
+def ppo_clip_tokens(ratio: Array, adv: Array, eps: Array,
+                    eps_high: Array | None = None) -> tuple[Array, Array]:
+    """``min(r A, clip(r, 1 - eps, 1 + eps_high) A)`` per token (``eps_high`` None: ``eps``), and
+    where the clipped branch is the smaller one (the token's gradient is zero there): ``r < 1 - eps``
+    with ``A < 0``, or ``r > 1 + eps_high`` with ``A > 0``."""
+    eps_high = eps if eps_high is None else eps_high
+    clipped_value = jnp.clip(ratio, 1.0 - eps, 1.0 + eps_high) * adv
     plain = ratio * adv
     return jnp.minimum(plain, clipped_value), clipped_value < plain
 
 
+def upper_eps(hp) -> Array:
+    """``eps_high``, or ``eps`` where it is given as -1 (the default: a symmetric clip) or not at
+    all (``hp`` built by hand). The same value as ``hp["eps"]`` there, so the default clip is
+    bitwise the symmetric one."""
+    if "eps_high" not in hp:
+        return hp["eps"]
+    return jnp.where(hp["eps_high"] < 0, hp["eps"], hp["eps_high"])
+
+
+def _check_eps_high(values: dict, num_actions: int) -> None:
+    for i, v in enumerate(_as_list(values["eps_high"])):
+        if -1.0 < v < 0.0:
+            field = "algo.eps_high" + (f"[{i}]" if isinstance(values["eps_high"], list) else "")
+            raise ConfigError(field, f"must be >= 0, or -1 for eps_high = eps; got {v}")
+
+
 ppo_clip = Piece(
-    "ppo_clip", "PPO's clipped surrogate min(r A, clip(r, 1 - eps, 1 + eps) A)",
-    hparams=(EPS,), surrogate=lambda ratio, adv, hp: ppo_clip_tokens(ratio, adv, hp["eps"]))
+    "ppo_clip", "PPO's clipped surrogate min(r A, clip(r, 1 - eps, 1 + eps_high) A); eps_high = -1 "
+                "is eps (DAPO's clip-higher: eps_high = 0.28; TRL epsilon / epsilon_high, verl "
+                "clip_ratio_low / clip_ratio_high)",
+    hparams=(EPS, EPS_HIGH), checks=(_check_eps_high,),
+    surrogate=lambda ratio, adv, hp: ppo_clip_tokens(ratio, adv, hp["eps"], upper_eps(hp)))
 
 plain_ratio = Piece(
     "plain_ratio", "the unclipped surrogate r A", surrogate=lambda ratio, adv, hp: (
         ratio * adv, jnp.zeros(ratio.shape, bool)))
+
+
+def gspo_tokens(ratio: Array, adv: Array, eps: Array, eps_high: Array) -> tuple[Array, Array]:
+    """GSPO (Zheng et al. 2025): the response's ratio ``s_i = exp((1/L) sum_t log r_t)`` on each of
+    its tokens, clipped as PPO's: ``min(s_i A, clip(s_i, 1 - eps, 1 + eps_high) A)``. ``[M, G, L]``.
+
+    The gradient flows through the mean: ``d s_i / d log pi_t = s_i / L``, and the response's
+    ``L`` tokens each carry the value, so in the token mean every token of an unclipped response
+    gets ``s_i A`` (``r_t A`` in PPO), and every token of a clipped one 0. This is TRL's
+    ``importance_sampling_level = "sequence"`` and, for responses of equal length under the token
+    mean, verl's ``gspo`` loss, whose token form ``sg(s_i) pi_t / sg(pi_t)`` has the same value and
+    the same gradient (verl also caps ``log s_i`` at 10, a guard not needed here)."""
+    log_s = jnp.mean(jnp.log(ratio), axis=-1, keepdims=True)
+    return ppo_clip_tokens(jnp.broadcast_to(jnp.exp(log_s), ratio.shape), adv, eps, eps_high)
+
+
+gspo_clip = Piece(
+    "gspo_clip", "GSPO (Zheng et al. 2025): one ratio per response s = exp(mean_t log r), clipped "
+                 "at sequence level min(s A, clip(s, 1 - eps, 1 + eps_high) A) on every token "
+                 "(TRL importance_sampling_level = \"sequence\", verl gspo)",
+    hparams=(EPS, EPS_HIGH), checks=(_check_eps_high,),
+    surrogate=lambda ratio, adv, hp: gspo_tokens(ratio, adv, hp["eps"], upper_eps(hp)))
+
+
+def cispo_tokens(ratio: Array, adv: Array, eps_max: Array) -> tuple[Array, Array]:
+    """CISPO (MiniMax-M1, 2025): ``sg(min(r, eps_max)) A log r`` per token, whose gradient in
+    ``log pi`` is ``min(r, eps_max) A``: the importance weight is capped, never the gradient cut.
+    The value differs from the paper's ``sg(min(r, eps_max)) A log pi`` by the constant
+    ``sg(.) A log pi_old`` (same gradient; 0 on-policy). Flags tokens whose weight was capped
+    (``r > eps_max``, ``A != 0``)."""
+    weight = jax.lax.stop_gradient(jnp.minimum(ratio, eps_max))
+    return weight * adv * jnp.log(ratio), (ratio > eps_max) & (adv != 0)
+
+
+cispo_weight = Piece(
+    "cispo_weight", "CISPO (MiniMax-M1 2025): sg(min(r, eps_max)) A log pi; the weight capped above "
+                    "only (TRL loss_type = \"cispo\" with epsilon_high = eps_max; verl's cispo also "
+                    "clamps below at 1 - clip_ratio_low)",
+    hparams=(Hparam("eps_max", 5.0, "cap of CISPO's importance weight (ScaleRL, TRL: 5)",
+                    low=1.0),),
+    surrogate=lambda ratio, adv, hp: cispo_tokens(ratio, adv, hp["eps_max"]))
+
+
+def sapo_tokens(ratio: Array, adv: Array, tau_pos: Array, tau_neg: Array) -> tuple[Array, Array]:
+    """SAPO (Gao et al. 2025): ``f(r) A`` with the soft gate ``f(r) = sigma(tau (r - 1)) 4 / tau``,
+    ``tau = tau_pos`` where ``A > 0``, else ``tau_neg``. ``d f / d log pi = 4 sigma (1 - sigma) r``:
+    exactly ``A`` at ``r = 1`` (the policy gradient on-policy), decaying smoothly as ``r`` leaves 1
+    instead of dropping to 0 at a clip boundary. Nothing is clipped."""
+    tau = jnp.where(adv > 0, tau_pos, tau_neg)
+    return jax.nn.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau * adv, jnp.zeros(ratio.shape, bool)
+
+
+sapo_gate = Piece(
+    "sapo_gate", "SAPO (Gao et al. 2025): sigma(tau (r - 1)) 4 / tau x A, tau = tau_pos for A > 0, "
+                 "tau_neg otherwise: a soft gate in place of the clip (as TRL loss_type = "
+                 "\"sapo\" and verl sapo)",
+    hparams=(Hparam("tau_pos", 1.0, "SAPO gate temperature for A > 0", low=0.0, low_open=True),
+             Hparam("tau_neg", 1.05, "SAPO gate temperature for A <= 0", low=0.0, low_open=True)),
+    surrogate=lambda ratio, adv, hp: sapo_tokens(ratio, adv, hp["tau_pos"], hp["tau_neg"]))
 
 
 # ----------------------------------------------------------------------------- token selection
@@ -238,6 +367,53 @@ kl_cov_tokens = Piece(
                      "- beta |log pi - log pi_old| (zero on-policy: acts only with epochs > 1)",
     hparams=(FRAC, Hparam("beta", 1.0, "KL weight on the selected tokens (KL-Cov)", low=0.0)),
     columns=(COV_TOKENS,), select=_kl_cov)
+
+
+def _dual_clip(tok: Tokens, ctx: Context, hp, key):
+    floor = hp["clip_c"] * tok.adv  # no gradient: the advantage is fixed during the epochs
+    cut = (tok.adv < 0) & (floor > tok.value)
+    return (tok._replace(value=jnp.where(cut, floor, tok.value), clipped=tok.clipped | cut),
+            {"dual_clip_frac": jnp.mean(cut, dtype=tok.value.dtype)})
+
+
+dual_clip = Piece(
+    "dual_clip", "dual clip (Ye et al. 2020): for A < 0 the token's value is max(value, c A), so a "
+                 "token with r > c (under PPO's clip) has value c A and no gradient (verl "
+                 "clip_ratio_c = 3, on by default there; TRL has none)",
+    hparams=(Hparam("clip_c", 3.0, "dual-clip bound c on the ratio of A < 0 tokens (verl "
+                                   "clip_ratio_c)", low=1.0, low_open=True),),
+    columns=(Column("dual_clip_frac", "fraction of tokens (A < 0, r > c) whose gradient the dual "
+                                      "clip removed, averaged over epochs; part of clip_frac_low"),),
+    select=_dual_clip)
+
+
+def quantile_threshold(x: Array, q: Array) -> Array:
+    """``torch.quantile(x, q)`` (linear interpolation between order statistics), kept inside the two
+    order statistics it interpolates, so that among equal values it is exactly that value."""
+    flat = jnp.sort(x.ravel())
+    pos = q * (flat.size - 1)
+    lo, hi = flat[jnp.floor(pos).astype(jnp.int32)], flat[jnp.ceil(pos).astype(jnp.int32)]
+    return jnp.clip(lo + (pos - jnp.floor(pos)) * (hi - lo), lo, hi)
+
+
+def _forking(tok: Tokens, ctx: Context, hp, key):
+    ent = ctx.ev.ent[ctx.sample.state]
+    kept = ent >= quantile_threshold(ent, 1.0 - hp["top_entropy_quantile"])
+    return (tok._replace(value=jnp.where(kept, tok.value, 0.0)),
+            {"forking_frac": jnp.mean(kept, dtype=tok.value.dtype)})
+
+
+forking_tokens = Piece(
+    "forking_tokens", "80/20 (Wang et al. 2025): only tokens with H(pi_old(.|s_t)) >= the "
+                      "(1 - top_entropy_quantile) quantile of the batch keep their value and "
+                      "gradient; the token mean still divides by all tokens (as TRL "
+                      "top_entropy_quantile; ties at the threshold are kept)",
+    hparams=(Hparam("top_entropy_quantile", 0.2, "fraction of highest-entropy tokens that keep "
+                                                 "their gradient (80/20's rho)", low=0.0,
+                    high=1.0),),
+    columns=(Column("forking_frac", "fraction of the batch's tokens forking_tokens kept (at least "
+                                    "top_entropy_quantile: ties at the threshold are kept)"),),
+    select=_forking)
 
 
 # ----------------------------------------------------------------------------- bonuses
@@ -380,7 +556,10 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
         for piece in pieces:
             if piece.bonus is not None:
                 total = total + piece.bonus(log_pi, ctx, hp, states.get(piece.name))
-        return total, {"clip_frac": jnp.mean(tok.clipped, dtype=th.dtype), **aux}
+        return total, {"clip_frac": jnp.mean(tok.clipped, dtype=th.dtype),
+                       "clip_frac_low": jnp.mean(tok.clipped & (tok.adv < 0), dtype=th.dtype),
+                       "clip_frac_high": jnp.mean(tok.clipped & (tok.adv > 0), dtype=th.dtype),
+                       **aux}
 
     stats = []
     for epoch in range(epochs):
@@ -409,6 +588,16 @@ def policy_rule(name: str, summary: str, *pieces: Piece, options=GROUP_OPTIONS):
         options=tuple(options),
         columns=merge("columns", name, BATCH_COLUMNS, *(p.columns for p in pieces)),
         checks=tuple(c for p in pieces for c in p.checks), sampled=True, pieces=tuple(pieces))
+
+
+def with_defaults(piece: Piece, **defaults) -> Piece:
+    """``piece`` with other defaults for some of its hyperparameters (a preset's recipe values:
+    ``with_defaults(ppo_clip, eps_high=0.28)``); name, bounds and meaning unchanged."""
+    unknown = set(defaults) - {h.name for h in piece.hparams}
+    if unknown:
+        raise ValueError(f"{piece.name} has no hyperparameter(s) {sorted(unknown)}")
+    return dataclasses.replace(piece, hparams=tuple(
+        dataclasses.replace(h, default=defaults.get(h.name, h.default)) for h in piece.hparams))
 
 
 def _as_list(value) -> list:

@@ -223,9 +223,10 @@ def test_two_epochs_move_the_ratio_and_let_the_clip_act():
 def test_a_chain_declares_the_union_of_its_pieces():
     spec = ob.policy_rule("x", "x", ob.group_normalised, ob.ppo_clip, ob.clip_cov_tokens,
                           ob.entropy_bonus)
-    assert [h.name for h in spec.hparams] == ["eta", "eps", "frac", "w_low", "w_high", "lambda"]
+    assert [h.name for h in spec.hparams] == ["eta", "eps", "eps_high", "frac", "w_low", "w_high",
+                                              "lambda"]
     assert spec.column_names == ("entropy_batch", "batch_reward", "zero_adv_groups", "clip_frac",
-                                 "cov_tokens")
+                                 "clip_frac_low", "clip_frac_high", "cov_tokens")
     assert spec.sampled and [o.name for o in spec.options] == ["batch", "group", "epochs"]
 
 
@@ -271,3 +272,237 @@ def test_dr_grpo_expected_step_is_one_minus_one_over_g_times_exact_pg():
     assert np.all(np.abs(steps.mean(0) - expected) < 4.5 * se + 1e-12), (steps.mean(0), expected, se)
     # The factor is resolved: the mean step is not exact PG's own.
     assert not np.allclose(steps.mean(0), expected / (1 - 1 / 4), atol=4.5 * se.max())
+
+
+
+# ----------------------------------------------------------------------------- framework knobs
+
+def surrogate_and_grad(surrogate, log_ratio, adv, hp):
+    """The surrogate's per-token value at ``r = exp(log_ratio)``, its clip flags, and the gradient
+    of the token mean of the value with respect to ``log_ratio`` (= the gradient in log pi)."""
+    hp = {k: jnp.asarray(v, jnp.float64) for k, v in hp.items()}
+    log_ratio, adv = jnp.asarray(log_ratio, jnp.float64), jnp.asarray(adv, jnp.float64)
+    value, clipped = surrogate(jnp.exp(log_ratio), adv, hp)
+    grad = jax.grad(lambda x: jnp.mean(surrogate(jnp.exp(x), adv, hp)[0]))(log_ratio)
+    return np.asarray(value), np.asarray(clipped), np.asarray(grad)
+
+
+RATIOS = np.array([0.5, 0.9, 1.1, 1.25, 1.5, 0.5, 0.75, 0.9, 1.25, 4.0])
+ADVS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -2.0])
+
+
+def test_asymmetric_clip_caps_the_ratio_at_one_plus_eps_high_and_splits_the_clip_fraction():
+    value, clipped, grad = surrogate_and_grad(ob.ppo_clip.surrogate, np.log(RATIOS), ADVS,
+                                              {"eps": 0.2, "eps_high": 0.28})
+    # A > 0: min(r, 1.28) A; A < 0: max(r, 0.8) A (the clip binds on the side the step pushes).
+    expected = [0.5, 0.9, 1.1, 1.25, 1.28, -0.8, -0.8, -0.9, -1.25, -8.0]
+    np.testing.assert_allclose(value, expected, rtol=1e-12)
+    # Gradient d(mean value)/d log r = r A / n where the plain branch is taken, 0 where the clip acts.
+    low = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0], bool)   # r < 1 - eps with A < 0
+    high = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 0], bool)  # r > 1 + eps_high with A > 0
+    np.testing.assert_array_equal(clipped, low | high)
+    np.testing.assert_allclose(grad, np.where(low | high, 0.0, RATIOS * ADVS / 10), rtol=1e-12)
+    # r = 1.25 is clipped by a symmetric eps = 0.2, not by eps_high = 0.28.
+    _, sym, _ = surrogate_and_grad(ob.ppo_clip.surrogate, np.log(RATIOS), ADVS, {"eps": 0.2})
+    np.testing.assert_array_equal(sym, low | high | (RATIOS == 1.25) & (ADVS > 0))
+
+
+def test_eps_high_minus_one_or_equal_to_eps_is_bitwise_grpo():
+    base, info = step("grpo", (ob.group_normalised, ob.ppo_clip), eta=20.0, epochs=3)
+    # Both bounds act: the test sees the bounds the step uses.
+    assert info["clip_frac_low"] > 0 and info["clip_frac_high"] > 0
+    for eps_high in (-1.0, 0.2):
+        again, other = step("grpo", (ob.group_normalised, ob.ppo_clip), eta=20.0, epochs=3,
+                            eps_high=eps_high)
+        np.testing.assert_array_equal(again, base)
+        assert other["clip_frac"] == info["clip_frac"]
+    wider, _ = step("grpo", (ob.group_normalised, ob.ppo_clip), eta=20.0, epochs=3, eps_high=5.0)
+    assert not np.array_equal(wider, base)
+
+
+def test_clip_fraction_columns_count_the_lower_and_upper_bound_cuts_over_the_epochs():
+    """Two epochs at a large step: the second epoch's ratios, from the first step's logits, decide
+    which tokens each bound cut; the columns average the two epochs (the first clips nothing)."""
+    eta, hp = 20.0, {"eps": 0.1, "eps_high": 0.3}
+    theta_1, _ = step("grpo", (ob.group_normalised, ob.ppo_clip), eta=eta, epochs=1, **hp)
+    _, info = step("grpo", (ob.group_normalised, ob.ppo_clip), eta=eta, epochs=2, **hp)
+    pi_0, pi_1 = softmax(THETA), softmax(theta_1)
+    states = np.repeat(np.arange(2), 4).reshape(2, 4)
+    r = pi_1[states, ACTION] / pi_0[states, ACTION]
+    adv = group_adv()
+    low = (r < 1 - 0.1) & (adv < 0)
+    high = (r > 1 + 0.3) & (adv > 0)
+    assert low.any() and high.any()
+    np.testing.assert_allclose(info["clip_frac_low"], low.mean() / 2, rtol=1e-6)
+    np.testing.assert_allclose(info["clip_frac_high"], high.mean() / 2, rtol=1e-6)
+    np.testing.assert_allclose(info["clip_frac"], info["clip_frac_low"] + info["clip_frac_high"],
+                               rtol=1e-6)
+
+
+def test_eps_high_between_minus_one_and_zero_is_refused_naming_the_field():
+    from entropy_sim.errors import ConfigError
+    ob._check_eps_high({"eps_high": -1.0}, 3)
+    ob._check_eps_high({"eps_high": [0.0, 0.28]}, 3)
+    with pytest.raises(ConfigError, match=r"algo.eps_high\[1\]"):
+        ob._check_eps_high({"eps_high": [0.28, -0.2]}, 3)
+
+
+def test_dual_clip_gives_negative_advantage_tokens_past_c_the_value_c_a_and_no_gradient():
+    def surrogate(ratio, adv, hp):
+        value, clipped = ob.ppo_clip.surrogate(ratio, adv, hp)
+        tok = ob.Tokens(value, clipped, jnp.log(ratio), ratio, adv)
+        tok, aux = ob.dual_clip.select(tok, None, hp, None)
+        surrogate.aux = aux
+        return tok.value, tok.clipped
+
+    value, clipped, grad = surrogate_and_grad(surrogate, np.log(RATIOS), ADVS,
+                                              {"eps": 0.2, "clip_c": 3.0})
+    # Only the last token (A = -2, r = 4 > c = 3) changes: max(min(r A, clip(r) A), c A) = c A.
+    expected = [0.5, 0.9, 1.1, 1.2, 1.2, -0.8, -0.8, -0.9, -1.25, -6.0]
+    np.testing.assert_allclose(value, expected, rtol=1e-12)
+    assert grad[-1] == 0.0 and clipped[-1]
+    np.testing.assert_allclose(grad[-2], 1.25 * -1.0 / 10, rtol=1e-12)  # r = 1.25 < c: PPO's r A
+    np.testing.assert_allclose(surrogate.aux["dual_clip_frac"], 0.1)
+    # A > 0 is never touched, however large r.
+    v, c, g = surrogate_and_grad(surrogate, np.log([5.0]), [1.0], {"eps": 0.2, "clip_c": 3.0})
+    assert v[0] == 1.2 and c[0] and g[0] == 0.0
+
+
+def test_dual_clip_with_one_epoch_is_bitwise_grpo():
+    base, _ = step("grpo", (ob.group_normalised, ob.ppo_clip))
+    dual, info = step("dual", (ob.group_normalised, ob.ppo_clip, ob.dual_clip))
+    np.testing.assert_array_equal(base, dual)
+    assert info["dual_clip_frac"] == 0.0
+
+
+def test_gspo_clips_the_geometric_mean_ratio_of_each_response_on_all_its_tokens():
+    log_r = np.array([[[0.1, -0.3], [0.2, 0.4], [-0.5, 0.1]]])  # [1, 3, 2]: 3 responses of 2 tokens
+    adv = np.broadcast_to(np.array([[1.0, 1.0, -1.0]])[..., None], log_r.shape)
+    hp = {"eps": 0.2, "eps_high": 0.2}
+    value, clipped, grad = surrogate_and_grad(ob.gspo_clip.surrogate, log_r, adv, hp)
+    s = np.exp(log_r.mean(-1))  # 0.905, 1.35, 0.819
+    a = adv[..., 0]
+    cut = ((s > 1.2) & (a > 0)) | ((s < 0.8) & (a < 0))
+    np.testing.assert_array_equal(cut, [[False, True, False]])
+    per_response = np.minimum(s * a, np.clip(s, 0.8, 1.2) * a)
+    np.testing.assert_allclose(value, np.repeat(per_response[..., None], 2, -1), rtol=1e-12)
+    np.testing.assert_array_equal(clipped, np.repeat(cut[..., None], 2, -1))
+    # Every token of an unclipped response gets s_i A_i / N, whatever its own ratio.
+    expected = np.where(cut, 0.0, s * a)[..., None] / log_r.size
+    np.testing.assert_allclose(grad, np.repeat(expected, 2, -1), rtol=1e-12)
+    # Equal token ratios: the sequence ratio is that ratio, and GSPO is PPO token by token.
+    same = np.full((1, 3, 2), np.log(1.3))
+    v_seq, c_seq, g_seq = surrogate_and_grad(ob.gspo_clip.surrogate, same, adv, hp)
+    v_tok, c_tok, g_tok = surrogate_and_grad(ob.ppo_clip.surrogate, same, adv, hp)
+    np.testing.assert_allclose(v_seq, v_tok, rtol=1e-12)
+    np.testing.assert_array_equal(c_seq, c_tok)
+    np.testing.assert_allclose(g_seq, g_tok, rtol=1e-12)
+
+
+def test_gspo_on_policy_step_is_grpo_step():
+    """One epoch: r = 1 exactly, so s = 1 and each token's gradient is A / N, GRPO's."""
+    base, _ = step("grpo", (ob.group_normalised, ob.ppo_clip))
+    gspo, info = step("gspo", (ob.group_normalised, ob.gspo_clip), eps=3e-4, eps_high=4e-4)
+    np.testing.assert_allclose(gspo, base, rtol=1e-14, atol=1e-15)
+    assert info["clip_frac"] == 0.0
+
+
+def test_cispo_gradient_is_the_capped_weight_times_a_and_nothing_is_cut():
+    value, clipped, grad = surrogate_and_grad(ob.cispo_weight.surrogate, np.log(RATIOS), ADVS,
+                                              {"eps_max": 1.3})
+    w = np.minimum(RATIOS, 1.3)
+    np.testing.assert_allclose(grad, w * ADVS / 10, rtol=1e-12)
+    np.testing.assert_allclose(value, w * ADVS * np.log(RATIOS), rtol=1e-12)
+    np.testing.assert_array_equal(clipped, RATIOS > 1.3)
+    # A = 0 is never flagged, so clip_frac_low + clip_frac_high = clip_frac.
+    _, flags, _ = surrogate_and_grad(ob.cispo_weight.surrogate, np.log([2.0]), [0.0],
+                                     {"eps_max": 1.3})
+    assert not flags.any()
+
+
+def test_cispo_on_policy_step_is_grpo_step():
+    base, _ = step("grpo", (ob.group_normalised, ob.ppo_clip))
+    cispo, _ = step("cispo", (ob.group_normalised, ob.cispo_weight))
+    np.testing.assert_allclose(cispo, base, rtol=1e-14, atol=1e-15)
+
+
+def test_sapo_gate_value_and_gradient_are_the_sigmoid_closed_forms():
+    hp = {"tau_pos": 1.0, "tau_neg": 1.05}
+    value, clipped, grad = surrogate_and_grad(ob.sapo_gate.surrogate, np.log(RATIOS), ADVS, hp)
+    tau = np.where(ADVS > 0, 1.0, 1.05)
+    sig = 1 / (1 + np.exp(-tau * (RATIOS - 1)))
+    np.testing.assert_allclose(value, sig * 4 / tau * ADVS, rtol=1e-12)
+    # d/d log r of sigma(tau (r - 1)) 4 / tau = 4 sigma (1 - sigma) r.
+    np.testing.assert_allclose(grad, 4 * sig * (1 - sig) * RATIOS * ADVS / 10, rtol=1e-12)
+    assert not clipped.any()
+    # At r = 1 the gradient is A: the policy gradient.
+    _, _, g1 = surrogate_and_grad(ob.sapo_gate.surrogate, np.zeros(2), [2.0, -3.0], hp)
+    np.testing.assert_allclose(g1, [1.0, -1.5], rtol=1e-14)
+
+
+def test_batch_normalised_divides_the_group_centred_reward_by_the_batch_std():
+    adv = ob.batch_normalised.advantage(None, context(), {})
+    centred = REWARD - REWARD.mean(-1, keepdims=True)
+    expected = centred / REWARD.std(ddof=1)  # std over all 8 rewards: sqrt(2/7)
+    np.testing.assert_allclose(adv[..., 0], expected, rtol=1e-12)
+    assert np.all(np.asarray(adv[1]) == 0.0)
+    # A batch of equal rewards: exactly zero, not NaN.
+    flat = context()._replace(sample=fixed_batch()._replace(reward=jnp.ones((2, 4))))
+    assert np.all(np.asarray(ob.batch_normalised.advantage(None, flat, {})) == 0.0)
+
+
+def test_signed_reward_and_sign_weights_give_w_reinforce_psr_and_nsr():
+    adv = ob.signed_reward.advantage(None, context(), {})
+    np.testing.assert_array_equal(adv[..., 0], 2 * REWARD - 1)
+    for pos, neg in ((0.1, 1.0), (1.0, 0.0), (0.0, 1.0)):  # W-REINFORCE, PSR, NSR
+        shaped = ob.sign_weighted.advantage(adv, context(), {"pos_weight": pos, "neg_weight": neg})
+        np.testing.assert_allclose(shaped[..., 0], np.where(REWARD > 0, pos, -neg), rtol=1e-15)
+    # The W-REINFORCE step: sum over tokens of w_i grad log pi, w = 0.1 for R = 1, -1 for R = 0.
+    theta_next, _ = step("w", (ob.signed_reward, ob.plain_ratio, ob.sign_weighted), eta=0.5,
+                         pos_weight=0.1)
+    weights = np.where(REWARD > 0, 0.1, -1.0)
+    np.testing.assert_allclose(theta_next, THETA + 0.5 * score_direction(weights), rtol=1e-12)
+
+
+def test_forking_tokens_keep_only_the_top_entropy_tokens_ties_included():
+    # State 0 has the higher entropy; the 4 tokens of each state are tied.
+    pi = softmax(THETA)
+    ent = -(pi * np.log(pi)).sum(-1)
+    assert ent[0] > ent[1]
+    ctx = context()
+    tok = tokens(ctx)
+    for rho, kept_states in ((0.2, [0]), (0.5, [0]), (0.6, [0, 1]), (1.0, [0, 1]), (0.0, [0])):
+        out, aux = ob.forking_tokens.select(tok, ctx, {"top_entropy_quantile": rho}, None)
+        keep = np.isin(np.repeat(np.arange(2), 4).reshape(2, 4, 1), kept_states)
+        np.testing.assert_array_equal(out.value, np.where(keep, tok.value, 0.0))
+        assert aux["forking_frac"] == keep.mean()
+    # The step, with A = 2R - 1 so that both states have advantages: the score direction with the
+    # low-entropy state's tokens dropped, still divided by all 8 tokens.
+    theta_next, info = step("fork", (ob.signed_reward, ob.ppo_clip, ob.forking_tokens),
+                            top_entropy_quantile=0.2)
+    weights = (2 * REWARD - 1) * np.array([[1.0], [0.0]])
+    np.testing.assert_allclose(theta_next, THETA + 0.5 * score_direction(weights), rtol=1e-12)
+    assert info["forking_frac"] == 0.5
+    # rho = 1 keeps every token: bitwise GRPO.
+    base, _ = step("grpo", (ob.group_normalised, ob.ppo_clip))
+    every, _ = step("fork", (ob.group_normalised, ob.ppo_clip, ob.forking_tokens),
+                    top_entropy_quantile=1.0)
+    np.testing.assert_array_equal(every, base)
+
+
+def test_quantile_threshold_is_torch_quantile_and_exact_among_ties():
+    x = jnp.array([0.3, 0.1, 0.7, 0.5, 0.9])
+    for q in (0.0, 0.2, 0.35, 0.8, 1.0):
+        np.testing.assert_allclose(ob.quantile_threshold(x, q), np.quantile(np.asarray(x), q),
+                                   rtol=1e-12)
+    tied = jnp.full(7, 0.1 + 0.2)  # a value whose interpolation with itself may round away
+    for q in np.linspace(0, 1, 11):
+        assert ob.quantile_threshold(tied, q) == tied[0]
+
+
+def test_with_defaults_changes_defaults_only_and_refuses_unknown_names():
+    dapo = ob.with_defaults(ob.ppo_clip, eps_high=0.28)
+    assert [(h.name, h.default) for h in dapo.hparams] == [("eps", 0.2), ("eps_high", 0.28)]
+    assert dapo.surrogate is ob.ppo_clip.surrogate and dapo.name == "ppo_clip"
+    with pytest.raises(ValueError, match="eps_hi"):
+        ob.with_defaults(ob.ppo_clip, eps_hi=0.28)

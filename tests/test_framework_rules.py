@@ -1,0 +1,34 @@
+"""The training frameworks' methods (docs/theory.md §9.6) run from a config on a token tree and a
+contextual bandit, with two epochs so that their clips and gates act, and every column that may
+not be NaN is finite."""
+
+import numpy as np
+import pytest
+
+import entropy_sim as es
+from entropy_sim import algorithms, columns
+
+RULES = ["dapo", "grpo_dual_clip", "gspo", "cispo", "sapo", "forking_tokens", "w_reinforce"]
+ENVS = {
+    "token_tree": {"kind": "token_tree", "vocab": 2, "length": 2},
+    "contextual_bandit": {"kind": "contextual_bandit", "contexts": 3, "actions": 4,
+                          "generator": "verifiable"},
+}
+
+
+@pytest.mark.parametrize("env", list(ENVS))
+@pytest.mark.parametrize("name", RULES)
+def test_framework_rule_runs_from_a_config_with_finite_columns(name, env):
+    config = es.Config({"seed": 0, "seeds": 2, "steps": 3, "env": ENVS[env],
+                        "policy": {"init": "gaussian"},
+                        "algo": {"name": name, "eta": 2.0, "batch": 2, "group": 4, "epochs": 2}})
+    metrics = es.run(config, progress=False).metrics
+    spec = algorithms.RULES[name]
+    logged = columns.run_columns(spec, config, binary=True)
+    assert set(spec.column_names) <= set(metrics.columns)
+    for column in logged:
+        if column.name in metrics and not column.nan_allowed:
+            assert np.isfinite(metrics[column.name]).all(), column.name
+    np.testing.assert_allclose(metrics.clip_frac, metrics.clip_frac_low + metrics.clip_frac_high,
+                               atol=1e-6)
+    assert len(metrics) == 2 * 3
