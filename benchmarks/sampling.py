@@ -18,7 +18,9 @@ noisy machine falls on every workload alike and the ratios hold:
   plus a uniform for the reward), drawn one by one;
 - the same from sufficient statistics drawn directly instead of one draw per response: counts per arm
   (conditional binomials) and successes per arm (binomials), each binomial by inverting its CDF;
-- the random bits alone: the 64 uniforms of every seed-step and nothing else, from either source.
+- the random bits alone: the 64 uniforms of every seed-step and nothing else, from either source;
+- the policy-optimisation family on the same 64 responses (8 prompts x groups of 8): GRPO, DAPO
+  (clip-higher) and GSPO (sequence-level ratio), one epoch each, as the engine runs them.
 
 Each variant is registered as a rule of its own (``RULES``), so every compiled program stays
 cached while the rounds alternate between them.
@@ -43,6 +45,7 @@ from entropy_sim.envs import ContextualBandit
 from entropy_sim.sampling import Batch, draw_prompts
 
 BATCH = 64
+POLICY_ROWS = {"GRPO": "grpo", "DAPO": "dapo", "GSPO": "gspo"}  # 8 prompts x 8 responses
 
 
 def seconds(fn):
@@ -165,6 +168,9 @@ def main(argv=None):
     def reinforce(name):
         return {**base, "algo": {"name": name, "eta": 0.1, "batch": BATCH, "baseline": "mean"}}
 
+    def policy(name):
+        return {**base, "algo": {"name": name, "eta": 0.1, "batch": 8, "group": 8}}
+
     spec = RULES["reinforce"]
     one_by_one = (ContextualBandit, "tallies", False)
     variant("reinforce_per_draw", spec.fn, one_by_one)
@@ -180,6 +186,7 @@ def main(argv=None):
         "REINFORCE B=64, counts drawn directly": engine_run(reinforce("reinforce_counts")),
         "64 uniforms per seed-step only": uniforms_run(args.seeds, args.steps, prng.uniform),
         "64 uniforms, jax.random.uniform": uniforms_run(args.seeds, args.steps, jax_uniform),
+        **{f"{label} 8 x 8": engine_run(policy(name)) for label, name in POLICY_ROWS.items()},
     }
     for fn in workloads.values():
         fn()  # compile

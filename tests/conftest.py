@@ -114,14 +114,27 @@ def pytest_sessionfinish(session):
             peaks["controller" if peaks else "main process"] = peak_rss_mb()
             session.config._entropy_sim_peaks = peaks
     if hasattr(session.config, "workerinput"):
-        import jax
+        free_compiled_programs()
 
-        from entropy_sim import experiment, runner
 
-        for cache in (runner.compiled_chunk, runner.compiled_init, experiment._over_keys):
-            cache.cache_clear()
-        jax.clear_caches()
-        gc.collect()
+def free_compiled_programs() -> None:
+    """Drop every compiled program this process holds (entropy_sim's caches and JAX's)."""
+    import jax
+
+    from entropy_sim import experiment, runner
+
+    for cache in (runner.compiled_chunk, runner.compiled_init, experiment._over_keys):
+        cache.cache_clear()
+    jax.clear_caches()
+    gc.collect()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_programs_after_each_file():
+    """Test files rarely share compiled programs, so each file's are freed when it is done: a
+    worker's memory is then that of its largest file, not the sum of all it ran."""
+    yield
+    free_compiled_programs()
 
 
 @pytest.hookimpl(optionalhook=True)

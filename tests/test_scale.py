@@ -234,8 +234,8 @@ def test_more_devices_than_available_is_a_config_error():
 
 RESUME_CONFIG = """
 seeds = 300
-steps = 2000
-chunk_steps = 40
+steps = 600
+chunk_steps = 20
 [env]
 kind = "bandit"
 arms = 10
@@ -268,7 +268,7 @@ def test_a_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_pat
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 3 <= done < 100
+    assert 3 <= done < 30  # of 30 chunks
     assert not (tmp_path / "killed").exists()  # nothing that looks like a result
     # Resumed on one CPU device (the killed run split the seeds over every core): the saved
     # state holds no device layout.
