@@ -18,10 +18,11 @@ from entropy_sim.errors import ConfigError  # noqa: E402
 from entropy_sim.experiment import Experiment, build  # noqa: E402
 from entropy_sim.results import ResultFolder, Results, load  # noqa: E402
 from entropy_sim.runner import NonFiniteError  # noqa: E402
+from entropy_sim.sweeps import SweepResults  # noqa: E402
 
 __all__ = [
     "Config", "ConfigError", "Experiment", "NonFiniteError", "ResultFolder", "Results", "algorithms",
     "build", "catalog", "enable_compilation_cache", "envs", "load", "load_config", "objectives",
-    "parts", "policies", "rules", "run", "sampled", "sampling", "softmax",
+    "parts", "policies", "rules", "run", "sampled", "sampling", "softmax", "SweepResults",
 ]
 __version__ = "0.1.0"

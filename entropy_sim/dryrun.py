@@ -183,8 +183,9 @@ class SweepDryRun:
         head = ["# Resolved config (every default filled in; runs as it is):"]
         sweep = " x ".join(f"{k} = {json.dumps(v)}" for k, v in self.config.static_sweep.items())
         lines = [f"runs: {len(self.runs)}, one per combination of the static fields swept "
-                 f"({sweep}); {self.compiled_programs} compiled programs in all; the result "
-                 f"tables have a column per swept field"]
+                 f"({sweep}); up to {self.compiled_programs} compiled programs in all (runs of one "
+                 f"device layout share the initial state's); the result tables have a column per "
+                 f"swept field"]
         for i, (values, run) in enumerate(self.runs):
             where = ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
             lines += ["", f"run {i + 1} of {len(self.runs)}: {where}"]

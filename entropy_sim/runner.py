@@ -28,6 +28,8 @@ from entropy_sim.diagnostics import NAN_ALLOWED, pass_at_k, step_metrics
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.experiment import Experiment
 from entropy_sim.algorithms import RULES
+from entropy_sim.columns import run_columns
+from entropy_sim.summary import DERIVED
 from entropy_sim.optim import make_optimizer
 
 Array = jax.Array
@@ -200,10 +202,19 @@ def make_plan(exp: Experiment) -> Plan:
     # differently (its dynamic index becomes static), which can change the rounding.
     layout = sharding.layout(exp.num_seeds, g, cfg["devices"], cfg["seed_block"])
     # Per-seed metrics of a chunk (padded grid and seeds) are held on the devices in either mode.
-    per_step = 4 * 24 * layout.grid_size * layout.padded // cfg["log_every"]
+    per_step = (device_columns(cfg) * np.dtype(cfg["dtype"]).itemsize * layout.grid_size
+                * layout.padded // cfg["log_every"])
     chunks = plan_chunks(cfg["steps"], cfg["log_every"], cfg["chunk_steps"], per_step,
                          chunk_budget(layout))
     return Plan(batches, g, chunks, layout)
+
+
+def device_columns(cfg) -> int:
+    """The per-seed metric columns a chunk holds on the devices: every column the rule logs
+    (pass@k counted, whatever the rewards), and in summary mode the covariance law's error
+    columns too, which full mode computes on the host."""
+    logged = run_columns(RULES[cfg["algo"]["name"]], cfg, binary=True)
+    return len([c for c in logged if cfg["output"] == "summary" or c.name not in DERIVED])
 
 
 def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Output:

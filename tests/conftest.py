@@ -78,8 +78,18 @@ QUICK_TESTS = {
 }
 
 
+# The longest test files (measured), run first: pytest-xdist hands whole files to its workers in
+# collection order, and a long file started last would leave the other worker idle while it ends.
+LONGEST_FIRST = ("test_scale.py", "test_experiments.py", "test_readme.py", "test_notebooks.py",
+                 "test_algorithms_cli.py", "test_framework_rules.py", "test_sampled.py",
+                 "test_runner.py", "test_sweeps.py", "test_results_folder.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark the quick subset (QUICK_FILES, QUICK_TESTS) with ``quick``."""
+    """Put the longest files first (``LONGEST_FIRST``; the order within a file is kept) and mark
+    the quick subset (QUICK_FILES, QUICK_TESTS) with ``quick``."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
     for item in items:
         file, name = item.path.name, getattr(item, "originalname", item.name)
         if file in QUICK_FILES or name in QUICK_TESTS.get(file, ()):
