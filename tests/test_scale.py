@@ -101,13 +101,13 @@ def test_unknown_quantile_metric_is_a_config_error_before_compiling():
 
 
 def test_summary_mode_memory_does_not_grow_with_the_seeds():
+    """400 seeds in 40 blocks leave statistics of the shape (grid points, logged steps) only."""
     cfg = {**SAMPLED, "output": "summary"}
-    small = es.run({**cfg, "seeds": 10, "seed_block": 10}, progress=False)
     large = es.run({**cfg, "seeds": 400, "seed_block": 10}, progress=False)
-    assert small.arrays is None and large.arrays is None
+    assert large.arrays is None
     for k in large.stats:
         for stat in large.stats[k]:
-            assert large.stats[k][stat].shape == small.stats[k][stat].shape == (3, 12)
+            assert large.stats[k][stat].shape == (3, 12)
     with pytest.raises(ValueError, match='output = "summary"'):
         large.metrics
 
