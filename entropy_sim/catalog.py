@@ -1,19 +1,20 @@
 """What exists, read off the declarations: the rules with their hyperparameters and options, the
-pieces of the policy-optimisation family, and every column a run can log.
+pieces of the policy-optimisation family, every column a run can log, the environment kinds and
+the initial policies with their config fields.
 
-``entropy-sim list [rules|pieces|columns]`` prints these tables; the README's reference tables are
+``entropy-sim list [rules|pieces|columns|envs|policies]`` prints these tables; the README's reference tables are
 ``markdown(...)`` of the same (``tests/test_readme.py`` checks that they agree).
 """
 
 from __future__ import annotations
 
-from entropy_sim import diagnostics, objectives, summary
+from entropy_sim import diagnostics, envs, objectives, policies, summary
 from entropy_sim.algorithms import RULES
-from entropy_sim.parts import Column
+from entropy_sim.parts import REQUIRED, Cases, Column, Field, OneOf
 
 IDENTIFIERS = (Column("seed", "seed index n (full mode)"), Column("step", "step k: the row "
                "describes the update pi_k -> pi_{k+1}"))
-SECTIONS = ("rules", "pieces", "columns")
+SECTIONS = ("rules", "pieces", "columns", "envs", "policies")
 
 
 def all_columns() -> tuple[Column, ...]:
@@ -57,7 +58,42 @@ def rows(section: str) -> tuple[list[str], list[list[str]]]:
     if section == "columns":
         return ["column", "meaning"], [[c.name + (" (may be NaN)" if c.nan_allowed else ""), c.doc]
                                        for c in all_columns()]
+    if section == "envs":
+        return ["kind", "what it is", "fields (default)"], [
+            [name, spec.doc.splitlines()[0] if spec.doc else "-", fields_text(spec.fields)]
+            for name, spec in envs.registry.KINDS.items()]
+    if section == "policies":
+        return ["init", "what it is", "fields (default)"], [
+            [name, variant.doc, fields_text(variant.fields) or "-"]
+            for name, variant in policies.INITS.items()]
     raise ValueError(f"unknown section {section!r}; choose from {', '.join(SECTIONS)}")
+
+
+def fields_text(nodes) -> str:
+    """Config fields as text: ``arms (required)``, alternatives as ``either [...] or [...]`` (by the
+    key given) and ``generator = uniform: [...] | ...`` (by a field's value)."""
+    parts = []
+    for node in nodes:
+        if isinstance(node, Field):
+            parts.append(f"{node.name} ({_default_text(node)})")
+        elif isinstance(node, OneOf):
+            alternatives = [f"[{fields_text(v.fields)}]" for v in node.alternatives]
+            parts.append("either " + " or ".join(alternatives))
+        elif isinstance(node, Cases):
+            cases = [f"{value}: [{fields_text(v.fields)}]" if v.fields else str(value)
+                     for value, v in node.variants.items()]
+            parts.append(f"{node.key} = " + " | ".join(cases))
+    return ", ".join(parts)
+
+
+def _default_text(field: Field) -> str:
+    if field.default is REQUIRED:
+        return "required"
+    if field.default is None:
+        return "optional"
+    if callable(field.default):
+        return "from the other fields"
+    return repr(field.default) if isinstance(field.default, str) else str(field.default)
 
 
 def _pieces():

@@ -22,8 +22,11 @@ predicts next to the change that really happened.
   entropy-sim run CONFIG.toml --dry-run      check a config; print it resolved, its grid, chunks
                                              and memory; run nothing, write nothing
   entropy-sim plot DIR                       draw the standard figure of a result folder
-  entropy-sim list [rules|pieces|columns]    what exists: rules with their hyperparameters and
-                                             options, objective pieces, every column's meaning
+  entropy-sim list [SECTION]                 what exists: rules with their hyperparameters and
+                                             options, objective pieces, every column's meaning,
+                                             environment kinds and initial policies with their
+                                             fields (SECTION: rules, pieces, columns, envs,
+                                             policies)
 """
 
 EPILOG = """\
@@ -39,6 +42,9 @@ RUN_EPILOG = """\
 The folder appears only when the run is complete. Meanwhile the progress is kept after every chunk
 in a hidden .DIR.progress/ beside it: a run that is killed resumes from its last completed chunk
 when the same command is run again (a run that stops before its first chunk leaves nothing)."""
+
+
+LIST_SECTIONS = ("rules", "pieces", "columns", "envs", "policies")  # catalog.SECTIONS
 
 
 def _version() -> str:
@@ -101,9 +107,9 @@ def main(argv=None) -> int:
                         help="draw these metrics, one panel each, into "
                              "figures/NAME-NAME.FORMAT, e.g. --metrics entropy,return,kl (any "
                              "metric of the folder's summary.parquet)")
-    list_p = sub.add_parser("list", help="list the rules, objective pieces and columns, read off "
-                                         "their declarations")
-    list_p.add_argument("section", nargs="?", choices=("rules", "pieces", "columns"),
+    list_p = sub.add_parser("list", help="list the rules, objective pieces, columns, environment "
+                                         "kinds and initial policies, read off their declarations")
+    list_p.add_argument("section", nargs="?", choices=LIST_SECTIONS,
                         help="one section only (default: all)")
     list_p.add_argument("--markdown", action="store_true", help="Markdown tables (as in the README)")
     args = parser.parse_args(argv)

@@ -365,3 +365,23 @@ def test_band_falls_back_to_the_confidence_interval_without_quantiles():
         assert plotting.band_plot(ax, summary, "kl", []) == "95% CI of the mean"
         assert plotting.band_plot(ax, summary, "entropy", []) == "95% of seeds"
         plotting.plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- list
+
+def test_list_offers_every_catalog_section_and_names_every_kind_and_init(capsys):
+    from entropy_sim import catalog, envs, policies
+
+    assert cli.LIST_SECTIONS == catalog.SECTIONS
+    assert cli.main(["list", "envs"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"envs ({len(envs.registry.KINDS)})")
+    assert all(f"\n{kind}\n" in printed for kind in envs.registry.KINDS)
+    # a field inside alternatives is listed with its default, e.g. the garnet's branching
+    assert cli.main(["list", "envs", "--markdown"]) == 0
+    assert ("garnet: [states (required), actions (required), branching (from the other fields)"
+            in capsys.readouterr().out)
+    assert cli.main(["list", "policies", "--markdown"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == list(policies.INITS)
+    assert "| `gaussian` | random logits scale * N(0, 1), per seed | scale (1.0) |" in rows
