@@ -95,6 +95,11 @@ def grid_columns(summary: pd.DataFrame) -> list[str]:
     return columns[:columns.index("step")]
 
 
+def _title(config: dict) -> str:
+    """The config's ``name``, else ``RULE on KIND`` (``grpo, aepo on token_tree`` for a sweep)."""
+    return config.get("name") or f"{_words(config['algo']['name'])} on {_words(config['env']['kind'])}"
+
+
 def _words(value) -> str:
     """A swept field's values (``grpo, aepo``) or its value."""
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -116,7 +121,7 @@ def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
     full = (out / "metrics.parquet").exists()  # a summary-mode folder has no per-seed rows
     metrics = pd.read_parquet(out / "metrics.parquet") if full else None
     keys = grid_columns(summary)
-    title = config.get("name") or f"{_words(config['algo']['name'])} on {_words(config['env']['kind'])}"
+    title = _title(config)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     with style():
@@ -153,7 +158,7 @@ def _plot_metrics(out: Path, config: dict, summary: pd.DataFrame, metrics: list[
             raise ConfigError("--metrics", f"unknown metric {name!r}{guess}; this folder has: "
                                            f"{', '.join(available)}")
     keys = grid_columns(summary)
-    title = config.get("name") or f"{_words(config['algo']['name'])} on {_words(config['env']['kind'])}"
+    title = _title(config)
     cols = min(len(metrics), 3)
     rows = -(-len(metrics) // cols)
     figures = out / "figures"

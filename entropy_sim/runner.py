@@ -121,7 +121,7 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
     def strided(advance, state, t):
         """Step ``t`` and its metrics, then the rest of the stride (metrics unused: dead code)."""
         state, metrics = advance(state, t)
-        if log_every > 1:  # (a loop of no trips would still be traced and compiled)
+        if log_every > 1:  # (a loop of no trips would still be traced)
             state = jax.lax.fori_loop(1, log_every, lambda i, s: advance(s, t + i)[0], state)
         return state, metrics
 

@@ -31,16 +31,17 @@ def blocks(lang: str) -> list[str]:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    """A folder that looks like the repository root, so relative paths in the README work; rules a
-    block registers are unregistered afterwards."""
-    from entropy_sim import algorithms
+    """A folder that looks like the repository root, so relative paths in the README work; rules
+    and environment kinds a block registers are unregistered afterwards."""
+    from entropy_sim import algorithms, envs
 
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
     monkeypatch.chdir(tmp_path)
-    registered = dict(algorithms.RULES)
+    registered = dict(algorithms.RULES), dict(envs.registry.KINDS)
     yield tmp_path
-    algorithms.RULES.clear()
-    algorithms.RULES.update(registered)
+    for registry, before in zip((algorithms.RULES, envs.registry.KINDS), registered):
+        registry.clear()
+        registry.update(before)
 
 
 def run_shell(line: str, cwd, *, in_process: bool = False) -> str:
