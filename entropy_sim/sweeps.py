@@ -198,11 +198,6 @@ class SweepResults:
         return self.runs[0][1].steps
 
     @property
-    def arrays(self):
-        """None in summary mode (as ``Results.arrays``); else the runs' arrays."""
-        return None if self.config["output"] == "summary" else [r.arrays for _, r in self.runs]
-
-    @property
     def metrics(self) -> pd.DataFrame:
         return self._stack(lambda r: r.metrics)
 
