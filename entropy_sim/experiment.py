@@ -10,6 +10,7 @@ same seeds (common random numbers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from entropy_sim import envs, policies
 from entropy_sim.algorithms import RULES, RuleSpec
 from entropy_sim.config import Config
+from entropy_sim.envs.registry import one_shot_jit
 from entropy_sim.envs.registry import over_keys as _over_keys  # noqa: F401  (tests clear its cache)
 
 Array = jax.Array
@@ -70,10 +72,18 @@ def enable_dtype(dtype: str) -> None:
 
 def seed_keys(seed: int, num_seeds: int) -> tuple[Array, Array]:
     """``([N, 2] per-seed keys, shared key)`` derived from the master seed."""
-    master = jax.random.PRNGKey(seed)
-    per_seed = jax.vmap(lambda n: jax.random.fold_in(jax.random.fold_in(master, 0), n))(
-        jnp.arange(num_seeds))
-    return per_seed, jax.random.fold_in(master, 1)
+    return _seed_keys(num_seeds)(jax.random.PRNGKey(seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_keys(num_seeds: int):
+    """Threefry's integer arithmetic: the bits of JAX's eager ``PRNGKey`` and ``fold_in``, in one
+    program compiled once per seed count (eagerly, every call compiles three)."""
+    def keys(master):
+        per_seed = jax.vmap(lambda n: jax.random.fold_in(jax.random.fold_in(master, 0), n))(
+            jnp.arange(num_seeds))
+        return per_seed, jax.random.fold_in(master, 1)
+    return one_shot_jit(keys)
 
 
 def build(config: Config) -> Experiment:
@@ -83,7 +93,7 @@ def build(config: Config) -> Experiment:
     enable_dtype(config["dtype"])
     dtype = jnp.dtype(config["dtype"])
     keys, shared_key = seed_keys(config["seed"], config["seeds"])
-    sub = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)  # noqa: E731
+    sub = lambda i: _fold_each(keys, jnp.asarray(i, jnp.uint32))  # noqa: E731
     rule = RULES[config["algo"]["name"]]
     options = {o.name: config["algo"][o.name] for o in rule.options}
     samples = rule.sampled or bool(options.get("batch"))
@@ -96,6 +106,14 @@ def build(config: Config) -> Experiment:
     return Experiment(config=config, env=env, env_per_seed=per_seed, theta0=theta0.astype(dtype),
                       keys=sub(2), hparams={k: jnp.asarray(v, dtype) for k, v in hparams.items()},
                       swept=swept, rule=rule, options=options)
+
+
+def _fold_each(keys: Array, i: Array) -> Array:
+    """``fold_in(key, i)`` for every key. ``[N, 2] -> [N, 2]``."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+
+
+_fold_each = one_shot_jit(_fold_each)
 
 
 def _cast(tree, dtype):

@@ -358,8 +358,9 @@ def test_float64_follows_the_eta_squared_law_where_float32_cannot():
 def test_two_processes_with_jax_distributed_write_the_single_process_result(tmp_path):
     """The README's multi-process command, run as two local processes of 2 CPU devices each."""
     config = tmp_path / "c.toml"
-    config.write_text(RESUME_CONFIG.replace("steps = 4000", "steps = 30").replace("seeds = 300",
-                                                                                  "seeds = 30"))
+    small = RESUME_CONFIG.replace("steps = 600", "steps = 40").replace("seeds = 300", "seeds = 30")
+    assert small.count("= 40") == 1 and small.count("= 30") == 1  # both sizes were replaced
+    config.write_text(small)
     base = [sys.executable, "-m", "entropy_sim.cli", "run", str(config), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
