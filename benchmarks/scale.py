@@ -703,7 +703,7 @@ def engine_device(exp, repeats):
     hp = sharding.place_grid({k: runner._padded(v[:count], plan.grid_size)
                               for k, v in exp.hparams.items()}, plan.layout)
     trips = sharding.replicate(sharding.trips(plan.layout, count), plan.layout)
-    init = runner.compiled_init("sgd", exp.env_per_seed, plan.layout)
+    init = runner.compiled_init(exp.rule.name, "sgd", exp.env_per_seed, plan.layout)
     best = None
     for _ in range(repeats + 1):
         state = sharding.place_state(init(theta0, env, hp, keys, trips), plan.layout)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from entropy_sim import rules, sampled
 from entropy_sim.diagnostics import TEMPERATURE_COLUMNS
-from entropy_sim.objectives import (BATCH_COLUMNS, ETA, aepo_regulariser, cispo_weight,
-                                    clip_cov_tokens, dual_clip, entropy_bonus, entropy_shaping,
-                                    forking_tokens, group_centred, group_normalised, gspo_clip,
-                                    kl_cov_tokens, plain_ratio, policy_rule, ppo_clip, sapo_gate,
-                                    sign_weighted, signed_reward, with_defaults)
+from entropy_sim.objectives import (BATCH_COLUMNS, ETA, adaptive_entropy, aepo_regulariser,
+                                    cispo_weight, clip_cov_tokens, dual_clip, entropy_bonus,
+                                    entropy_shaping, forking_tokens, group_centred,
+                                    group_normalised, gspo_clip, kl_cov_tokens, kl_penalty,
+                                    plain_ratio, policy_rule, ppo_clip, sapo_gate, sign_weighted,
+                                    signed_reward, with_defaults)
 from entropy_sim.parts import Hparam, Option, RuleSpec
 from entropy_sim.sampling import BASELINES
 
@@ -95,6 +96,12 @@ for _spec in [
                 group_normalised, sapo_gate),
     policy_rule("forking_tokens", "GRPO on the top-20% entropy tokens only (80/20, Wang et al.)",
                 *GRPO, forking_tokens),
+    policy_rule("grpo_kl", "GRPO with a KL penalty to the initial policy: k3 in the loss (GRPO, "
+                           "verl use_kl_loss); any estimator, in the reward, adaptive", *GRPO,
+                kl_penalty),
+    policy_rule("adaptive_entropy", "GRPO + an entropy bonus whose coefficient adapts toward a "
+                                    "target entropy (Skywork-OR1, TRL use_adaptive_entropy)",
+                *GRPO, adaptive_entropy),
     policy_rule("w_reinforce", "W-REINFORCE: +-1 reward, positives x 0.1, no baseline (Zhu et al.)",
                 signed_reward, plain_ratio, with_defaults(sign_weighted, pos_weight=0.1)),
 ]:

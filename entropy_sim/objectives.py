@@ -3,6 +3,7 @@
 One step of a rule built here (docs/theory.md §4 and §5):
 
     batch      prompts x group responses drawn from pi_old = pi            (env.sample)
+    reward     shapers of the responses' rewards        [M, G]             (Piece.reward)
     advantage  an estimator, then shapers               [M, G, L]          (Piece.advantage)
     prepare    anything drawn once per step (AEPO's second batch)          (Piece.prepare)
     epochs x:  r = pi / pi_old per token
@@ -10,6 +11,7 @@ One step of a rule built here (docs/theory.md §4 and §5):
                token selection and masks                                   (Piece.select)
                token mean, plus bonuses and regularisers                   (Piece.bonus)
                gradient, optax step
+    update     what a piece carries to the next step (a KL reference, a coefficient) (Piece.update)
 
 A ``Piece`` declares its hyperparameters, columns and checks (``parts.py``) and fills one hook;
 ``policy_rule`` chains pieces into an update rule with the signature of every rule
@@ -53,6 +55,8 @@ class Context(NamedTuple):
     logp_old: Array   # [M, G, L] log pi_old(a_t | s_t)
     batch: int        # M, prompts per step (static)
     group: int        # G, responses per prompt (static)
+    options: dict = {}  # the rule's static options ({name: value}: kl_estimator, ...); read only
+    carried: dict = {}  # {piece name: what it carries from step to step} (Piece.init); read only
 
     @property
     def n_tokens(self) -> int:
@@ -75,6 +79,8 @@ class Piece:
 
     Hooks (each optional; pieces of one kind run in the order given to ``policy_rule``):
 
+    - ``reward(reward, ctx, hp) -> reward``: a shaper of the responses' rewards ``[M, G]`` before
+      the advantage (a KL penalty in the reward);
     - ``advantage(adv, ctx, hp) -> adv``: an estimator (``adv`` is None for the first) or a
       shaper of the per-token advantage ``[M, G, L]``;
     - ``prepare(ctx, hp, key) -> (state, info)``: once per step, before the epochs; ``state`` is
@@ -83,7 +89,12 @@ class Piece:
       piece of a rule has it);
     - ``select(tokens, ctx, hp, key) -> (tokens, aux)``: masks, selections and penalties per
       token; ``aux`` holds columns, averaged over the epochs;
-    - ``bonus(log_pi, ctx, hp, state) -> scalar``: added to the token mean (regularisers).
+    - ``bonus(log_pi, ctx, hp, state) -> scalar``: added to the token mean (regularisers);
+    - ``init(theta, hp) -> carried``: what the piece carries from step to step (``ctx.carried[name]``),
+      before step 0 from the initial logits;
+    - ``update(carried, theta_next, ctx, hp, info) -> (carried, info)``: once per step, after the
+      epochs; ``info`` holds the step's columns so far, the returned one this piece's columns.
+    ``options``: the piece's static options (``parts.Option``), passed in ``ctx.options``.
     ``checks``: functions ``(values, num_actions) -> None`` over the resolved ``[algo]`` table
     that raise ``ConfigError`` for combinations of fields the bounds cannot express.
     """
@@ -93,11 +104,15 @@ class Piece:
     hparams: tuple[Hparam, ...] = ()
     columns: tuple[Column, ...] = ()
     checks: tuple[Callable, ...] = ()
+    options: tuple[Option, ...] = ()
+    reward: Callable | None = None
     advantage: Callable | None = None
     prepare: Callable | None = None
     surrogate: Callable | None = None
     select: Callable | None = None
     bonus: Callable | None = None
+    init: Callable | None = None
+    update: Callable | None = None
 
 
 ETA = Hparam("eta", None, "learning rate", low=0.0, low_open=True)
@@ -429,6 +444,176 @@ entropy_bonus = Piece(
     hparams=(Hparam("lambda", 0.015, "entropy-bonus weight (Entropy-Reg)"),), bonus=_entropy_bonus)
 
 
+# ----------------------------------------------------------------------------- KL to a reference
+
+KL_ESTIMATORS = ("k1", "k2", "k3", "k3+")
+
+
+def kl_estimate(logp: Array, logp_ref: Array, estimator: str) -> Array:
+    """Per-token estimate of ``KL(pi || pi_ref)`` from a token drawn from ``pi``, with
+    ``x = log pi - log pi_ref`` (Schulman 2020; verl ``kl_penalty``):
+
+    - ``k1 = x``: unbiased in value; as a loss its expected gradient on-policy is 0;
+    - ``k2 = x^2 / 2``: biased in value; as a loss its expected gradient is ``grad KL(pi || pi_ref)``;
+    - ``k3 = exp(-x) - 1 + x`` (GRPO, verl ``low_var_kl``): unbiased in value and never negative; as
+      a loss its expected gradient is ``grad KL(pi_ref || pi)``, the other direction;
+    - ``k3+``: k3's value with k2's gradient (verl's straight-through ``k3+``).
+
+    ``x`` is clamped to ``[-20, 20]`` in k3 and k3 to ``[-10, 10]``, as verl does. ``[...] -> [...]``;
+    docs/theory.md §9.3 and §9.6."""
+    x = logp - logp_ref
+    if estimator == "k1":
+        return x
+    k2 = 0.5 * x ** 2
+    if estimator == "k2":
+        return k2
+    minus_x = jnp.clip(-x, -20.0, 20.0)
+    k3 = jnp.clip(jnp.exp(minus_x) - minus_x - 1.0, -10.0, 10.0)
+    if estimator == "k3":
+        return k3
+    if estimator == "k3+":
+        return k2 - jax.lax.stop_gradient(k2) + jax.lax.stop_gradient(k3)
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose from {', '.join(KL_ESTIMATORS)}")
+
+
+def exact_kl(ev: Evaluation, log_ref: Array) -> Array:
+    """``sum_s d(s) KL(pi(.|s) || pi_ref(.|s))`` (``log_ref: [S, A]``, log-probabilities). ``[]``."""
+    return jnp.sum(ev.occ * jnp.sum(ev.pi * (ev.log_pi - log_ref), axis=-1))
+
+
+class Reference(NamedTuple):
+    """What ``kl_penalty`` carries from step to step."""
+
+    logits: Array  # [S, A] the reference policy's logits
+    coef: Array    # [] the KL coefficient (changes under kl_ctrl = "adaptive")
+    step: Array    # [] int32, steps taken
+
+
+def _reference_logp(ctx: Context) -> Array:
+    log_ref = jax.nn.log_softmax(ctx.carried["kl_penalty"].logits, axis=-1)
+    return log_ref[ctx.sample.state, ctx.sample.action]
+
+
+def _kl_in_reward(reward, ctx: Context, hp) -> Array:
+    if ctx.options["kl_in"] != "reward":
+        return reward
+    k = kl_estimate(ctx.logp_old, _reference_logp(ctx), ctx.options["kl_estimator"])
+    return reward - ctx.carried["kl_penalty"].coef * jnp.sum(k, axis=-1)
+
+
+def _kl_in_loss(log_pi, ctx: Context, hp, state) -> Array:
+    if ctx.options["kl_in"] != "loss":
+        return jnp.zeros((), log_pi.dtype)
+    logp = log_pi[ctx.sample.state, ctx.sample.action]
+    k = kl_estimate(logp, _reference_logp(ctx), ctx.options["kl_estimator"])
+    return -ctx.carried["kl_penalty"].coef * jnp.mean(k)
+
+
+def _kl_update(ref: Reference, theta_next, ctx: Context, hp, info):
+    """verl's AdaptiveKLController (``kl_ctrl.type = "adaptive"``) on the batch's mean estimate,
+    then the reference reset or mixed in every ``ref_reset_every`` steps."""
+    batch_kl = jnp.mean(kl_estimate(ctx.logp_old, _reference_logp(ctx), ctx.options["kl_estimator"]))
+    coef = ref.coef
+    if ctx.options["kl_ctrl"] == "adaptive":
+        error = jnp.clip(batch_kl / hp["target_kl"] - 1.0, -0.2, 0.2)
+        coef = coef * (1.0 + error * (ctx.batch * ctx.group) / hp["kl_horizon"])
+    step = ref.step + 1
+    every = hp["ref_reset_every"].astype(jnp.int32)
+    reset = (every > 0) & (step % jnp.maximum(every, 1) == 0)
+    mixed = hp["ref_mix"] * theta_next + (1.0 - hp["ref_mix"]) * ref.logits  # theta at ref_mix 1
+    logits = jnp.where(reset, mixed, ref.logits)
+    columns = {"kl_ref": exact_kl(ctx.ev, jax.nn.log_softmax(ref.logits, axis=-1)),
+               "kl_batch": batch_kl, "kl_coef_t": ref.coef}
+    return Reference(logits, coef, step), columns
+
+
+kl_penalty = Piece(
+    "kl_penalty", "KL to a reference policy (the initial one, optionally reset or mixed in every "
+                  "ref_reset_every steps): - kl_coef x token mean of the estimator in the loss "
+                  "(verl use_kl_loss, TRL beta), or kl_coef x its sum over the response off the "
+                  "reward (verl use_kl_in_reward); coefficient fixed or adaptive (verl kl_ctrl)",
+    hparams=(Hparam("kl_coef", 0.001, "KL coefficient (its start under kl_ctrl = adaptive; verl "
+                                      "kl_loss_coef / kl_ctrl.kl_coef, TRL beta)", low=0.0),
+             Hparam("target_kl", 0.1, "target of the adaptive KL coefficient (verl "
+                                      "kl_ctrl.target_kl)", low=0.0, low_open=True),
+             Hparam("kl_horizon", 10000.0, "horizon of the adaptive KL coefficient, in responses "
+                                           "(verl kl_ctrl.horizon)", low=0.0, low_open=True),
+             Hparam("ref_reset_every", 0, "reset the reference every this many steps; 0 = never "
+                                          "(ProRL; TRL ref_model_sync_steps)", low=0.0,
+                    integer=True),
+             Hparam("ref_mix", 1.0, "at a reset, ref <- ref_mix theta + (1 - ref_mix) ref (1: "
+                                    "ProRL's hard reset; TRL ref_model_mixup_alpha 0.6)",
+                    low=0.0, high=1.0, low_open=True)),
+    options=(Option("kl_estimator", "k3", "k1 | k2 | k3 (verl low_var_kl) | k3+ (k3's value, "
+                                          "k2's gradient)", choices=KL_ESTIMATORS),
+             Option("kl_in", "loss", "where the KL enters: loss | reward",
+                    choices=("loss", "reward")),
+             Option("kl_ctrl", "fixed", "KL coefficient: fixed | adaptive (verl kl_ctrl.type)",
+                    choices=("fixed", "adaptive"))),
+    columns=(Column("kl_ref", "exact sum_s d(s) KL(pi(.|s) || pi_ref(.|s)) before the step"),
+             Column("kl_batch", "the batch's token mean of the KL estimator (under pi_old): what "
+                                "the frameworks log as kl"),
+             Column("kl_coef_t", "KL coefficient used in this step (kl_coef, or where "
+                                 "kl_ctrl = adaptive has moved it)")),
+    reward=_kl_in_reward, bonus=_kl_in_loss, update=_kl_update,
+    init=lambda theta, hp: Reference(theta, jnp.asarray(hp["kl_coef"], theta.dtype),
+                                     jnp.zeros((), jnp.int32)))
+
+
+# ----------------------------------------------------------------------------- entropy control
+
+class EntropyControl(NamedTuple):
+    """What ``adaptive_entropy`` carries from step to step."""
+
+    coef: Array  # [] the coefficient for the next step (before the gate)
+
+
+def _gate(ctx: Context, hp, coef: Array) -> Array:
+    """The coefficient applied: ``coef`` while the batch's entropy is at most the target, else 0."""
+    return jnp.where(jnp.mean(ctx.ev.ent[ctx.sample.state]) <= hp["entropy_target"], coef, 0.0)
+
+
+def _adaptive_bonus(log_pi, ctx: Context, hp, state) -> Array:
+    ent = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+    return _gate(ctx, hp, ctx.carried["adaptive_entropy"].coef) * jnp.mean(ent[ctx.sample.state])
+
+
+def _adaptive_update(control: EntropyControl, theta_next, ctx: Context, hp, info):
+    below = jnp.mean(ctx.ev.ent[ctx.sample.state]) <= hp["entropy_target"]
+    coef = jnp.clip(control.coef + jnp.where(below, hp["entropy_coef_delta"],
+                                             -hp["entropy_coef_delta"]),
+                    hp["entropy_coef_min"], hp["entropy_coef_max"])
+    return EntropyControl(coef), {"entropy_coef_t": _gate(ctx, hp, control.coef)}
+
+
+def _check_coef_bounds(values: dict, num_actions: int) -> None:
+    low, high = _as_list(values["entropy_coef_min"]), _as_list(values["entropy_coef_max"])
+    if max(low) > min(high):
+        raise ConfigError("algo.entropy_coef_max", f"must be at least entropy_coef_min = "
+                                                   f"{max(low)}, got {min(high)}")
+
+
+adaptive_entropy = Piece(
+    "adaptive_entropy", "adaptive entropy bonus (Skywork-OR1; TRL use_adaptive_entropy): + c x "
+                        "token mean of H(pi(.|s_t)) while the batch entropy under pi_old is <= "
+                        "entropy_target (else 0); then c += entropy_coef_delta below the target, "
+                        "-= above, kept in [entropy_coef_min, entropy_coef_max]",
+    hparams=(Hparam("entropy_coef", 0.0, "starting entropy coefficient (TRL entropy_coef)",
+                    low=0.0),
+             Hparam("entropy_coef_delta", 0.005, "step of the adaptive entropy coefficient (TRL)",
+                    low=0.0),
+             Hparam("entropy_coef_min", 0.0, "lower bound of the adaptive entropy coefficient",
+                    low=0.0),
+             Hparam("entropy_coef_max", 1.0, "upper bound of the adaptive entropy coefficient",
+                    low=0.0),
+             Hparam("entropy_target", 0.2, "entropy set point (nats, token mean; TRL's 0.2)",
+                    low=0.0)),
+    columns=(Column("entropy_coef_t", "entropy coefficient applied in this step (0 while the "
+                                      "batch entropy is above entropy_target)"),),
+    checks=(_check_coef_bounds,), bonus=_adaptive_bonus, update=_adaptive_update,
+    init=lambda theta, hp: EntropyControl(jnp.asarray(hp["entropy_coef"], theta.dtype)))
+
+
 class RegBatch(NamedTuple):
     """AEPO's second batch."""
 
@@ -514,25 +699,34 @@ def per_token(values: Array, sample: Batch) -> Array:
 
 
 def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, group: int,
-                epochs: int, pieces: tuple[Piece, ...]):
+                epochs: int, pieces: tuple[Piece, ...], **options):
     """One step of the rule chained from ``pieces`` (module docstring): ``epochs`` optimiser
     steps on one batch of ``batch`` prompts x ``group`` responses drawn from ``pi_old = pi``.
     The objective is the token mean ``1/(M G L) sum`` (GRPO's ``1/G sum_i 1/|o_i| sum_t``, since
     every response of an environment has the same length) plus the bonuses. With ``epochs = 1``
     the ratio is 1 at the only gradient and clipping never acts. No closed form of the expected
-    step is computed: ``dH_pred_closed`` is NaN."""
+    step is computed: ``dH_pred_closed`` is NaN. A rule whose pieces carry state (``Piece.init``)
+    has ``opt_state = (optimiser state, {piece name: carried})``."""
+    carrying = any(p.init is not None for p in pieces)
+    opt_state, carried = opt_state if carrying else (opt_state, {})
     k_batch, k_prepare, k_select = jax.random.split(key, 3)
     sample = env.sample(k_batch, theta, batch, group)
-    ctx = Context(theta, ev, env, sample, ev.log_pi[sample.state, sample.action], batch, group)
+    ctx = Context(theta, ev, env, sample, ev.log_pi[sample.state, sample.action], batch, group,
+                  options, carried)
+    task_reward = sample.reward
+    for piece in pieces:
+        if piece.reward is not None:
+            ctx = ctx._replace(sample=ctx.sample._replace(
+                reward=piece.reward(ctx.sample.reward, ctx, hp)))
     adv = None
     for piece in pieces:
         if piece.advantage is not None:
             adv = piece.advantage(adv, ctx, hp)
+    reward = ctx.sample.reward
     info = {
         "entropy_batch": jnp.mean(ev.ent[sample.state]),
-        "batch_reward": jnp.mean(sample.reward),
-        "zero_adv_groups": jnp.mean(jnp.all(sample.reward == sample.reward[:, :1], axis=-1),
-                                    dtype=theta.dtype),
+        "batch_reward": jnp.mean(task_reward),
+        "zero_adv_groups": jnp.mean(jnp.all(reward == reward[:, :1], axis=-1), dtype=theta.dtype),
     }
     states = {}
     for piece in pieces:
@@ -543,7 +737,7 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
 
     def objective(th, k):
         log_pi = jax.nn.log_softmax(th, axis=-1)
-        logp = log_pi[sample.state, sample.action]
+        logp = log_pi[ctx.sample.state, ctx.sample.action]
         ratio = jnp.exp(logp - ctx.logp_old)
         value, clipped = surrogate(ratio, adv, hp)
         tok = Tokens(value, clipped, logp, ratio, adv)
@@ -568,7 +762,14 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
         stats.append(aux)
     info.update(jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *stats))
     info["dH_pred_closed"] = jnp.full((), jnp.nan, theta.dtype)
-    return theta, opt_state, info
+    if not carrying:
+        return theta, opt_state, info
+    carried = dict(carried)
+    for piece in pieces:
+        if piece.update is not None:
+            carried[piece.name], extra = piece.update(carried[piece.name], theta, ctx, hp, info)
+            info.update(extra)
+    return theta, (opt_state, carried), info
 
 
 def policy_rule(name: str, summary: str, *pieces: Piece, options=GROUP_OPTIONS):
@@ -582,12 +783,18 @@ def policy_rule(name: str, summary: str, *pieces: Piece, options=GROUP_OPTIONS):
     if len(surrogates) != 1:
         raise ValueError(f"{name}: exactly one piece must give the surrogate, got {surrogates}")
     fn = functools.partial(policy_step, pieces=tuple(pieces))
+    carrying = tuple(p for p in pieces if p.init is not None)
+
+    def init(theta, hp, opt):
+        return opt.init(theta), {p.name: p.init(theta, hp) for p in carrying}
+
     return RuleSpec(
         name=name, fn=fn, summary=summary,
         hparams=merge("hyperparameters", name, (ETA,), *(p.hparams for p in pieces)),
-        options=tuple(options),
+        options=merge("options", name, options, *(p.options for p in pieces)),
         columns=merge("columns", name, BATCH_COLUMNS, *(p.columns for p in pieces)),
-        checks=tuple(c for p in pieces for c in p.checks), sampled=True, pieces=tuple(pieces))
+        checks=tuple(c for p in pieces for c in p.checks), sampled=True, pieces=tuple(pieces),
+        init=init if carrying else None)
 
 
 def with_defaults(piece: Piece, **defaults) -> Piece:

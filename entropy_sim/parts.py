@@ -121,7 +121,9 @@ class RuleSpec:
     ``options`` its static settings; ``columns`` the keys of ``info`` beyond ``dH_pred_closed``;
     ``checks`` functions ``(values, num_actions) -> None`` over the resolved ``[algo]`` table;
     ``sampled``: the step draws samples; ``pieces``: the objective pieces it is chained from
-    (``objectives.py``), if any."""
+    (``objectives.py``), if any; ``init(theta, hp, opt)``: the state the rule carries from step to
+    step (its ``opt_state`` argument) before step 0, None for the optimiser's own ``opt.init(theta)``
+    (a rule with a KL reference or an adaptive coefficient carries them next to it)."""
 
     name: str
     fn: Callable
@@ -132,6 +134,7 @@ class RuleSpec:
     checks: tuple[Callable, ...] = ()
     sampled: bool = False
     pieces: tuple = ()
+    init: Callable | None = None
 
     @property
     def defaults(self) -> dict:

@@ -44,7 +44,7 @@ class RunState(NamedTuple):
     """The carry of one seed at one grid point."""
 
     theta: Array     # [S, A] logits of pi_k
-    opt_state: Any   # optax state
+    opt_state: Any   # the rule's carried state: optax's, and a reference or coefficients if any
     ev: Evaluation   # exact evaluation of pi_k, reused as pi_{k+1}'s is computed once per step
     key: Array       # [2] this seed's key for update samples
 
@@ -53,10 +53,12 @@ class NonFiniteError(FloatingPointError):
     """A logit or metric became NaN or infinite; names where it happened."""
 
 
-def init_state(theta: Array, env, hp: dict, key: Array, *, opt_name: str) -> RunState:
+def init_state(theta: Array, env, hp: dict, key: Array, *, rule: str, opt_name: str) -> RunState:
     """The carry before step 0 (unbatched)."""
     opt = make_optimizer(opt_name, hp)
-    return RunState(theta, opt.init(theta), env.evaluate(theta, hp.get("tau", 0.0)), key)
+    init = RULES[rule].init
+    carried = opt.init(theta) if init is None else init(theta, hp, opt)
+    return RunState(theta, carried, env.evaluate(theta, hp.get("tau", 0.0)), key)
 
 
 def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
@@ -86,11 +88,11 @@ def _per_seed(fn, env_per_seed: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_init(opt_name: str, env_per_seed: bool, lay: sharding.Layout):
+def compiled_init(rule: str, opt_name: str, env_per_seed: bool, lay: sharding.Layout):
     """``(theta0 [N,S,A], env, hp [G], keys [N,2], trips) -> RunState [G, N, ...]``, jitted."""
     def one(start, env, hp, t):
         theta, key = start
-        return init_state(theta, env, hp, key, opt_name=opt_name)
+        return init_state(theta, env, hp, key, rule=rule, opt_name=opt_name)
 
     blocked = sharding.blockwise(_per_seed(one, env_per_seed), lay, env_per_seed)
 
@@ -241,8 +243,8 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
         hp = {k: _padded(v[g0:g0 + count], plan.grid_size) for k, v in exp.hparams.items()}
         hp = sharding.place_grid(hp, plan.layout)
         trips = sharding.replicate(sharding.trips(plan.layout, count), plan.layout)
-        state = compiled_init(opt_name, exp.env_per_seed, plan.layout)(theta0, env, hp, keys,
-                                                                        trips)
+        state = compiled_init(exp.rule.name, opt_name, exp.env_per_seed, plan.layout)(
+            theta0, env, hp, keys, trips)
         resumed = [c for c in range(len(plan.chunks)) if (b, c) in done]
         if resumed:  # the state after the last completed chunk of this batch (any layout)
             state = _repad(checkpoint.load_state(b, state), plan.layout)

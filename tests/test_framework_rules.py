@@ -20,13 +20,19 @@ ENVS = {
 # same code on it) the two whose advantage differs, to keep the suite's compile time in bounds.
 CASES = [(name, "token_tree") for name in RULES] + [("dapo", "contextual_bandit"),
                                                     ("w_reinforce", "contextual_bandit")]
+# The rules that carry state from step to step, with their knobs turned on (one run each).
+KNOBS = {"grpo_kl": {"kl_in": "reward", "kl_estimator": "k3+", "kl_ctrl": "adaptive",
+                     "ref_reset_every": 2, "ref_mix": 0.6, "kl_coef": 0.05},
+         "adaptive_entropy": {"entropy_coef": 0.01, "entropy_target": 0.6}}
+CASES += [("grpo_kl", "token_tree"), ("adaptive_entropy", "contextual_bandit")]
 
 
 @pytest.mark.parametrize("name, env", CASES, ids=[f"{n}-{e}" for n, e in CASES])
 def test_framework_rule_runs_from_a_config_with_finite_columns(name, env):
     config = es.Config({"seed": 0, "seeds": 2, "steps": 3, "env": ENVS[env],
                         "policy": {"init": "gaussian"},
-                        "algo": {"name": name, "eta": 2.0, "batch": 2, "group": 4, "epochs": 2}})
+                        "algo": {"name": name, "eta": 2.0, "batch": 2, "group": 4, "epochs": 2,
+                                 **KNOBS.get(name, {})}})
     metrics = es.run(config, progress=False).metrics
     spec = algorithms.RULES[name]
     logged = columns.run_columns(spec, config, binary=True)

@@ -506,3 +506,250 @@ def test_with_defaults_changes_defaults_only_and_refuses_unknown_names():
     assert dapo.surrogate is ob.ppo_clip.surrogate and dapo.name == "ppo_clip"
     with pytest.raises(ValueError, match="eps_hi"):
         ob.with_defaults(ob.ppo_clip, eps_hi=0.28)
+
+
+# ----------------------------------------------------------------------------- KL to a reference
+
+def kl(p_logits, q_logits):
+    """KL(softmax(p) || softmax(q)), written out."""
+    log_p, log_q = jax.nn.log_softmax(p_logits), jax.nn.log_softmax(q_logits)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q))
+
+
+def expected_over_actions(fn, theta):
+    """``sum_a pi(a) fn(theta, a)`` on a one-state bandit, the action held fixed in ``fn``."""
+    pi = np.asarray(jax.nn.softmax(theta))
+    return sum(pi[a] * np.asarray(fn(theta, a)) for a in range(len(pi)))
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_kl_estimators_expected_values_and_gradients_are_their_closed_forms(case):
+    """Exact expectations over a one-state bandit (docs/theory.md §9.3): k1 and k3 are unbiased
+    for KL(pi || ref), k2's mean is E[x^2] / 2; as a loss, k1's expected gradient is 0, k2's and
+    k3+'s are grad KL(pi || ref), k3's is grad KL(ref || pi); as a reward under the score
+    function, k1 gives grad KL(pi || ref)."""
+    rng = np.random.default_rng(case)
+    theta, ref = (jnp.asarray(0.7 * rng.normal(size=5)) for _ in range(2))
+    log_ref = jax.nn.log_softmax(ref)
+    assert np.max(np.asarray(log_ref - jax.nn.log_softmax(theta))) < np.log(11)  # k3 unclamped
+
+    def value(est):
+        return lambda th, a: ob.kl_estimate(jax.nn.log_softmax(th)[a], log_ref[a], est)
+
+    def grad(est):
+        return lambda th, a: jax.grad(value(est))(th, a)
+
+    forward = float(kl(theta, ref))
+    x = np.asarray(jax.nn.log_softmax(theta) - log_ref)
+    pi = np.asarray(jax.nn.softmax(theta))
+    np.testing.assert_allclose(expected_over_actions(value("k1"), theta), forward, rtol=1e-12)
+    np.testing.assert_allclose(expected_over_actions(value("k3"), theta), forward, rtol=1e-12)
+    np.testing.assert_allclose(expected_over_actions(value("k3+"), theta), forward, rtol=1e-12)
+    np.testing.assert_allclose(expected_over_actions(value("k2"), theta), 0.5 * pi @ x ** 2,
+                               rtol=1e-12)
+    grad_forward = np.asarray(jax.grad(lambda th: kl(th, ref))(theta))
+    grad_reverse = np.asarray(jax.grad(lambda th: kl(ref, th))(theta))
+    assert np.abs(grad_forward - grad_reverse).max() > 1e-2  # the two directions differ here
+    np.testing.assert_allclose(expected_over_actions(grad("k1"), theta), 0.0, atol=1e-14)
+    np.testing.assert_allclose(expected_over_actions(grad("k2"), theta), grad_forward, atol=1e-13)
+    np.testing.assert_allclose(expected_over_actions(grad("k3+"), theta), grad_forward, atol=1e-13)
+    np.testing.assert_allclose(expected_over_actions(grad("k3"), theta), grad_reverse, atol=1e-13)
+    score = lambda th, a: float(value("k1")(th, a)) * jax.grad(  # noqa: E731
+        lambda t: jax.nn.log_softmax(t)[a])(th)
+    np.testing.assert_allclose(expected_over_actions(score, theta), grad_forward, atol=1e-13)
+
+
+def test_k3_is_clamped_as_verl_clamps_it():
+    """verl clamps x to [-20, 20] (no overflow) and k3 to [-10, 10]: far from the reference
+    (|x| > 11 or so) the value is 10 and the gradient 0."""
+    logp, ref = jnp.asarray([0.0, -30.0, 0.0, 0.0]), jnp.asarray([-30.0, 0.0, -0.5, -5.0])
+    k3 = np.asarray(ob.kl_estimate(logp, ref, "k3"))
+    np.testing.assert_allclose(k3, [10.0, 10.0, np.exp(-0.5) - 1 + 0.5, np.exp(-5.0) - 1 + 5.0],
+                               rtol=1e-14)
+    grad = np.asarray(jax.grad(lambda lp: jnp.sum(ob.kl_estimate(lp, ref, "k3")))(logp))
+    np.testing.assert_allclose(grad, [0.0, 0.0, 1 - np.exp(-0.5), 1 - np.exp(-5.0)], rtol=1e-14)
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
+        ob.kl_estimate(logp, ref, "k4")
+
+
+KL_BANDIT_R = np.zeros((2, 3))  # every reward 0: the step is the KL term's alone
+
+
+def kl_steps(kl_in, estimator, group=4, draws=40_000):
+    """Sampled one-epoch sgd steps (eta = 1) of a chain with the KL penalty at kl_coef 0.5, from
+    THETA with the reference REF_THETA, on a contextual bandit whose rewards are all 0."""
+    spec = ob.policy_rule("kl_test", "test", ob.group_centred, ob.plain_ratio, ob.kl_penalty)
+    hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 1.0,
+                                                      "kl_coef": 0.5}.items()}
+    env = contextual_bandit(KL_BANDIT_R.tolist(), [0.3, 0.7])
+    theta = jnp.asarray(THETA)
+    opt = optim.make_optimizer("sgd", hp)
+    opt_state, carried = spec.init(theta, hp, opt)
+    carried = {"kl_penalty": carried["kl_penalty"]._replace(logits=jnp.asarray(REF_THETA))}
+    ev = env.evaluate(theta, 0.0)
+
+    def direction(key):
+        theta_next, _, _ = spec.fn(theta, (opt_state, carried), ev, env, hp, key, opt, batch=4,
+                                   group=group, epochs=1, kl_in=kl_in, kl_estimator=estimator,
+                                   kl_ctrl="fixed")
+        return theta_next - theta
+
+    keys = jax.random.split(jax.random.PRNGKey(11), draws)
+    return np.asarray(jax.jit(jax.vmap(direction))(keys))
+
+
+REF_THETA = np.array([[-0.4, 0.6, 0.2], [0.9, -0.3, 0.0]])
+
+
+def occupancy_weighted_kl_grad(reverse=False):
+    """grad over theta of sum_s rho(s) KL(pi_s || ref_s) (or KL(ref_s || pi_s)), rho = (0.3, 0.7)."""
+    rho = jnp.asarray([0.3, 0.7])
+
+    def total(th):
+        pairs = [(jnp.asarray(REF_THETA)[s], th[s]) if reverse else (th[s], jnp.asarray(REF_THETA)[s])
+                 for s in range(2)]
+        return sum(rho[s] * kl(*pairs[s]) for s in range(2))
+
+    return np.asarray(jax.grad(total)(jnp.asarray(THETA)))
+
+
+@pytest.mark.parametrize("kl_in, estimator, factor, reverse", [
+    ("reward", "k1", 1 - 1 / 4, False),  # the score function: unbiased, times G's (1 - 1/G)
+    ("loss", "k2", 1.0, False),           # differentiated: k2's gradient is the true one
+    ("loss", "k3", 1.0, True),            # ... and k3's that of the other direction
+])
+def test_kl_penalty_expected_step_is_minus_coef_times_the_closed_form_kl_gradient(
+        kl_in, estimator, factor, reverse):
+    """Through the whole chain, sampled (Monte Carlo within 4.5 standard errors): the expected
+    logit step of the KL term is -kl_coef x grad KL; in the reward, a group-centred advantage
+    keeps (1 - 1/G) of it (as Dr. GRPO keeps of PG's)."""
+    steps = kl_steps(kl_in, estimator)
+    expected = -0.5 * factor * occupancy_weighted_kl_grad(reverse)
+    se = steps.std(0, ddof=1) / np.sqrt(len(steps))
+    assert np.abs(expected).max() > 20 * se.max()  # a resolved, non-zero step
+    assert np.all(np.abs(steps.mean(0) - expected) < 4.5 * se + 1e-12), (steps.mean(0), expected, se)
+
+
+def test_k1_in_the_loss_has_no_expected_step():
+    steps = kl_steps("loss", "k1", draws=20_000)
+    se = steps.std(0, ddof=1) / np.sqrt(len(steps))
+    assert np.all(np.abs(steps.mean(0)) < 4.5 * se + 1e-12), (steps.mean(0), se)
+    assert np.abs(occupancy_weighted_kl_grad()).max() > 20 * se.max()
+
+
+def kl_update(ref_logits, hp_values, options, theta_next, step=0, coef=0.5):
+    """One ``kl_penalty.update`` on the fixed batch from ``ref_logits``."""
+    spec = ob.policy_rule("kl_test", "test", ob.group_normalised, ob.ppo_clip, ob.kl_penalty)
+    hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 1.0,
+                                                      **hp_values}.items()}
+    ref = ob.Reference(jnp.asarray(ref_logits), jnp.asarray(coef), jnp.asarray(step, jnp.int32))
+    ctx = context()._replace(options={"kl_estimator": "k1", "kl_ctrl": "fixed", "kl_in": "loss",
+                                      **options}, carried={"kl_penalty": ref})
+    return ob.kl_penalty.update(ref, jnp.asarray(theta_next), ctx, hp, {})
+
+
+def test_adaptive_kl_coefficient_follows_verls_controller():
+    """verl's AdaptiveKLController: coef x (1 + clip(kl / target - 1, -0.2, 0.2) n / horizon), n
+    the responses of the step (8 here), kl the batch's mean estimate."""
+    log_ref = np.log(softmax(REF_THETA))
+    logp_old = np.log(softmax(THETA))[fixed_batch().state[..., 0], ACTION]
+    batch_kl = np.mean(logp_old - log_ref[fixed_batch().state[..., 0], ACTION])
+    for target in [0.01, batch_kl * 1.1, 10.0]:
+        ref, info = kl_update(REF_THETA, {"target_kl": target, "kl_horizon": 100.0},
+                              {"kl_ctrl": "adaptive"}, THETA)
+        error = np.clip(batch_kl / target - 1, -0.2, 0.2)
+        np.testing.assert_allclose(float(ref.coef), 0.5 * (1 + error * 8 / 100), rtol=1e-12)
+        np.testing.assert_allclose(float(info["kl_batch"]), batch_kl, rtol=1e-12)
+        assert float(info["kl_coef_t"]) == 0.5  # the coefficient this step used
+    ref, _ = kl_update(REF_THETA, {"target_kl": 0.01}, {"kl_ctrl": "fixed"}, THETA)
+    assert float(ref.coef) == 0.5
+
+
+def test_reference_resets_or_mixes_in_every_ref_reset_every_steps_and_logs_the_exact_kl():
+    theta_next = THETA + 1.0
+    for step, reset in [(0, False), (1, False), (2, True), (5, True), (6, False)]:
+        # steps taken before this update: the reset falls where (step + 1) % 3 == 0
+        ref, info = kl_update(REF_THETA, {"ref_reset_every": 3, "ref_mix": 0.6}, {}, theta_next,
+                              step=step)
+        want = 0.6 * theta_next + 0.4 * REF_THETA if reset else REF_THETA
+        np.testing.assert_allclose(np.asarray(ref.logits), want, rtol=1e-14)
+        assert int(ref.step) == step + 1
+    ref, _ = kl_update(REF_THETA, {"ref_reset_every": 1}, {}, theta_next)
+    np.testing.assert_array_equal(np.asarray(ref.logits), theta_next)  # ref_mix 1: ProRL's reset
+    ref, _ = kl_update(REF_THETA, {"ref_reset_every": 0}, {}, theta_next, step=11)
+    np.testing.assert_array_equal(np.asarray(ref.logits), REF_THETA)  # 0: never
+    # kl_ref: the exact occupancy-weighted KL(pi_old || ref), rho = (0.5, 0.5) in this env
+    pi, log_ref = softmax(THETA), np.log(softmax(REF_THETA))
+    per_state = (pi * (np.log(pi) - log_ref)).sum(-1)
+    np.testing.assert_allclose(float(info["kl_ref"]), 0.5 * per_state.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("options", [{"kl_in": "loss", "kl_estimator": "k3"},
+                                     {"kl_in": "reward", "kl_estimator": "k1"},
+                                     {"kl_in": "loss", "kl_estimator": "k3+"}])
+def test_kl_coef_zero_is_bitwise_grpo(options):
+    base, _ = step("grpo", (ob.group_normalised, ob.ppo_clip), epochs=2)
+    spec = ob.policy_rule("kl_zero", "test", ob.group_normalised, ob.ppo_clip, ob.kl_penalty)
+    hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 0.5,
+                                                      "kl_coef": 0.0}.items()}
+    theta = jnp.asarray(THETA)
+    opt = optim.make_optimizer("sgd", hp)
+    state = spec.init(theta, hp, opt)
+    state = (state[0], {"kl_penalty": state[1]["kl_penalty"]._replace(logits=jnp.asarray(REF_THETA))})
+    theta_next, _, info = spec.fn(theta, state, ENV.evaluate(theta, 0.0), ENV, hp,
+                                  jax.random.PRNGKey(0), opt, batch=2, group=4, epochs=2,
+                                  kl_ctrl="fixed", **options)
+    np.testing.assert_array_equal(np.asarray(theta_next), base)
+    assert float(info["kl_ref"]) > 0
+
+
+# ----------------------------------------------------------------------------- entropy control
+
+def adaptive_update(coef, target, **hp_values):
+    spec = ob.policy_rule("ent_test", "test", ob.group_normalised, ob.ppo_clip, ob.adaptive_entropy)
+    hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 1.0,
+                                                      "entropy_target": target,
+                                                      **hp_values}.items()}
+    control = ob.EntropyControl(jnp.asarray(coef))
+    ctx = context()._replace(carried={"adaptive_entropy": control})
+    new, info = ob.adaptive_entropy.update(control, jnp.asarray(THETA), ctx, hp, {})
+    return float(new.coef), float(info["entropy_coef_t"])
+
+
+def test_adaptive_entropy_coefficient_steps_toward_the_target_within_its_bounds():
+    """Skywork-OR1 / TRL: the bonus applies c while the batch's entropy is at most the target;
+    then c moves by delta (up below the target, down above), clipped to [min, max]."""
+    batch_entropy = np.mean((-softmax(THETA) * np.log(softmax(THETA))).sum(-1))  # 4 tokens each
+    below, above = batch_entropy + 0.01, batch_entropy - 0.01
+    assert adaptive_update(0.1, below) == (0.1 + 0.005, 0.1)
+    assert adaptive_update(0.1, above) == (0.1 - 0.005, 0.0)
+    assert adaptive_update(0.998, below)[0] == 1.0           # entropy_coef_max
+    assert adaptive_update(0.002, above)[0] == 0.0           # entropy_coef_min
+    assert adaptive_update(0.2, below, entropy_coef_delta=0.05, entropy_coef_max=0.22)[0] == 0.22
+
+
+def test_adaptive_entropy_bonus_is_the_applied_coefficient_times_the_entropy_gradient():
+    """Below the target the step is GRPO's plus c x grad of the token-mean entropy; above it,
+    bitwise GRPO's."""
+    base, _ = step("grpo", (ob.group_normalised, ob.ppo_clip))
+    spec = ob.policy_rule("ent_test", "test", ob.group_normalised, ob.ppo_clip, ob.adaptive_entropy)
+    theta = jnp.asarray(THETA)
+    def token_mean_entropy(th):
+        ent = -jnp.sum(jax.nn.softmax(th) * jax.nn.log_softmax(th), axis=-1)
+        return jnp.mean(ent[fixed_batch().state])
+
+    ent_grad = np.asarray(jax.grad(token_mean_entropy)(theta))
+    for target, applied in [(5.0, 0.3), (0.0, 0.0)]:
+        hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 0.5,
+                                                          "entropy_coef": 0.3,
+                                                          "entropy_target": target}.items()}
+        opt = optim.make_optimizer("sgd", hp)
+        theta_next, _, info = spec.fn(theta, spec.init(theta, hp, opt), ENV.evaluate(theta, 0.0),
+                                      ENV, hp, jax.random.PRNGKey(0), opt, batch=2, group=4,
+                                      epochs=1)
+        assert float(info["entropy_coef_t"]) == applied
+        if applied:
+            np.testing.assert_allclose(np.asarray(theta_next), base + 0.5 * applied * ent_grad,
+                                       rtol=1e-12, atol=1e-14)
+        else:
+            np.testing.assert_array_equal(np.asarray(theta_next), base)

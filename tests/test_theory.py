@@ -734,7 +734,8 @@ def test_runner_step_reports_closed_form_equal_to_covariance_prediction_and_the_
 
     @jax.jit
     def go(hp):
-        state = init_state(theta, env, hp, jax.random.PRNGKey(0), opt_name="sgd")
+        state = init_state(theta, env, hp, jax.random.PRNGKey(0), rule="npg_entropy",
+                           opt_name="sgd")
         new, metrics = step(state, env, hp, jnp.asarray(0), rule="npg_entropy", opt_name="sgd",
                             pass_at=())
         ref = ref_mdp(env, theta, hp["tau"])
