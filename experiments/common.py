@@ -54,6 +54,7 @@ EXPERIMENTS = (
     "e5_convergence",
     "e6_failure_probability",
     "e7_entropy_performance",
+    "e8_framework_methods",
 )
 
 

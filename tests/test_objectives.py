@@ -561,7 +561,7 @@ def test_kl_estimators_expected_values_and_gradients_are_their_closed_forms(case
 
 def test_k3_is_clamped_as_verl_clamps_it():
     """verl clamps x to [-20, 20] (no overflow) and k3 to [-10, 10]: far from the reference
-    (|x| > 11 or so) the value is 10 and the gradient 0."""
+    (pi_ref / pi > 13.6 or pi / pi_ref > e^11, where k3 = 10) the value is 10 and the gradient 0."""
     logp, ref = jnp.asarray([0.0, -30.0, 0.0, 0.0]), jnp.asarray([-30.0, 0.0, -0.5, -5.0])
     k3 = np.asarray(ob.kl_estimate(logp, ref, "k3"))
     np.testing.assert_allclose(k3, [10.0, 10.0, np.exp(-0.5) - 1 + 0.5, np.exp(-5.0) - 1 + 5.0],
