@@ -64,10 +64,13 @@ class Experiment:
         return jnp.dtype(self.config["dtype"])
 
 
-def enable_dtype(dtype: str) -> None:
-    """float64 needs JAX's x64 mode, which is process-wide; float32 works either way."""
-    if dtype == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
+def precision(dtype: str):
+    """A context in which JAX's x64 mode is on for a float64 run and off for a float32 one, and
+    the caller's setting is restored after: a float64 run does not switch x64 on for the rest of
+    the process, and a float32 run gives the same numbers whether or not the process (a notebook,
+    a test module) turned it on. (Under x64, JAX's random draws without an explicit dtype are made
+    in float64: a Gaussian start would be another start.)"""
+    return jax.enable_x64(dtype == "float64")
 
 
 def seed_keys(seed: int, num_seeds: int) -> tuple[Array, Array]:
@@ -89,8 +92,12 @@ def _seed_keys(num_seeds: int):
 def build(config: Config) -> Experiment:
     """Build the environments, initial logits and hyperparameter grid of ``config``: the
     environment by its kind's build function, the initial policy by its ``init``'s (both chosen
-    from the same declarations that validated the config)."""
-    enable_dtype(config["dtype"])
+    from the same declarations that validated the config), under the run's ``precision``."""
+    with precision(config["dtype"]):
+        return _build(config)
+
+
+def _build(config: Config) -> Experiment:
     dtype = jnp.dtype(config["dtype"])
     keys, shared_key = seed_keys(config["seed"], config["seeds"])
     sub = lambda i: _fold_each(keys, jnp.asarray(i, jnp.uint32))  # noqa: E731

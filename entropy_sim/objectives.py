@@ -131,11 +131,20 @@ BATCH_COLUMNS = (
     Column("clip_frac_high", "the part of clip_frac with A > 0: PPO's upper bound "
                              "r > 1 + eps_high (or CISPO's cap)"),
 )
+def _check_mini_batches(values: dict, num_actions: int) -> None:
+    if "mini_batches" in values and values["batch"] % values["mini_batches"]:
+        raise ConfigError("algo.mini_batches", f"must divide batch = {values['batch']} (prompts "
+                                               f"per step), got {values['mini_batches']}")
+
+
 GROUP_OPTIONS = (
     Option("batch", 8, "prompts per step (groups)"),
     Option("group", 8, "responses per prompt, G"),
-    Option("epochs", 1, "optimiser steps on each batch (PPO inner epochs)"),
+    Option("epochs", 1, "passes over each batch (PPO inner epochs)"),
+    Option("mini_batches", 1, "optimiser steps per pass, each on batch / mini_batches prompts "
+                              "(verl ppo_mini_batch_size = batch / mini_batches)"),
 )
+GROUP_CHECKS = (_check_mini_batches,)
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -679,7 +688,13 @@ def aepo_regulariser(*, hot_and_cold: bool = True, positives: bool = True) -> Pi
     return Piece(name, doc, tuple(hparams),
                  TEMPERATURE_COLUMNS + (Column("reg_samples", "positive samples in AEPO's "
                                                               "regulariser"),),
-                 checks=(_check_entropy_target,), prepare=prepare, bonus=bonus)
+                 checks=(_check_entropy_target, _check_whole_batch), prepare=prepare, bonus=bonus)
+
+
+def _check_whole_batch(values: dict, num_actions: int) -> None:
+    if values.get("mini_batches", 1) > 1:
+        raise ConfigError("algo.mini_batches", "AEPO's regulariser draws a second batch per step "
+                                               "that is not split into mini-batches; use 1")
 
 
 def _check_entropy_target(values: dict, num_actions: int) -> None:
@@ -698,13 +713,30 @@ def per_token(values: Array, sample: Batch) -> Array:
     return jnp.broadcast_to(values[..., None], sample.state.shape)
 
 
+def mini_batch(ctx: Context, adv: Array, j: int, parts: int) -> tuple[Context, Array]:
+    """The ``j``-th of ``parts`` equal mini-batches of the step's batch (its prompts ``j M/parts``
+    to ``(j + 1) M/parts - 1``, whole groups, in order: verl's split without shuffling), as a
+    ``Context`` of its own, and its advantages ``[M/parts, G, L]``. The advantages were computed
+    on the whole batch."""
+    if parts == 1:
+        return ctx, adv
+    m = ctx.batch // parts
+    cut = lambda x: x[j * m:(j + 1) * m]  # noqa: E731
+    s = ctx.sample
+    sample = s._replace(prompt=cut(s.prompt), state=cut(s.state), action=cut(s.action),
+                        reward=cut(s.reward), togo=cut(s.togo))
+    return ctx._replace(sample=sample, logp_old=cut(ctx.logp_old), batch=m), cut(adv)
+
+
 def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: int, group: int,
-                epochs: int, pieces: tuple[Piece, ...], **options):
-    """One step of the rule chained from ``pieces`` (module docstring): ``epochs`` optimiser
-    steps on one batch of ``batch`` prompts x ``group`` responses drawn from ``pi_old = pi``.
+                epochs: int, pieces: tuple[Piece, ...], mini_batches: int = 1, **options):
+    """One step of the rule chained from ``pieces`` (module docstring): ``epochs`` passes over one
+    batch of ``batch`` prompts x ``group`` responses drawn from ``pi_old = pi``, each pass one
+    optimiser step per mini-batch (``mini_batch``: ``epochs x mini_batches`` steps in all).
     The objective is the token mean ``1/(M G L) sum`` (GRPO's ``1/G sum_i 1/|o_i| sum_t``, since
-    every response of an environment has the same length) plus the bonuses. With ``epochs = 1``
-    the ratio is 1 at the only gradient and clipping never acts. No closed form of the expected
+    every response of an environment has the same length) over the mini-batch, plus the bonuses.
+    Only the first optimiser step is on-policy: with ``epochs = mini_batches = 1`` the ratio is 1
+    at the only gradient and clipping never acts. No closed form of the expected
     step is computed: ``dH_pred_closed`` is NaN. A rule whose pieces carry state (``Piece.init``)
     has ``opt_state = (optimiser state, {piece name: carried})``."""
     carrying = any(p.init is not None for p in pieces)
@@ -735,21 +767,21 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
             info.update(extra)
     surrogate = next(p.surrogate for p in pieces if p.surrogate is not None)
 
-    def objective(th, k):
+    def objective(th, k, part: Context, part_adv: Array):
         log_pi = jax.nn.log_softmax(th, axis=-1)
-        logp = log_pi[ctx.sample.state, ctx.sample.action]
-        ratio = jnp.exp(logp - ctx.logp_old)
-        value, clipped = surrogate(ratio, adv, hp)
-        tok = Tokens(value, clipped, logp, ratio, adv)
+        logp = log_pi[part.sample.state, part.sample.action]
+        ratio = jnp.exp(logp - part.logp_old)
+        value, clipped = surrogate(ratio, part_adv, hp)
+        tok = Tokens(value, clipped, logp, ratio, part_adv)
         aux = {}
         for piece in pieces:
             if piece.select is not None:
-                tok, extra = piece.select(tok, ctx, hp, k)
+                tok, extra = piece.select(tok, part, hp, k)
                 aux.update(extra)
         total = jnp.mean(tok.value)
         for piece in pieces:
             if piece.bonus is not None:
-                total = total + piece.bonus(log_pi, ctx, hp, states.get(piece.name))
+                total = total + piece.bonus(log_pi, part, hp, states.get(piece.name))
         return total, {"clip_frac": jnp.mean(tok.clipped, dtype=th.dtype),
                        "clip_frac_low": jnp.mean(tok.clipped & (tok.adv < 0), dtype=th.dtype),
                        "clip_frac_high": jnp.mean(tok.clipped & (tok.adv > 0), dtype=th.dtype),
@@ -757,9 +789,12 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
 
     stats = []
     for epoch in range(epochs):
-        direction, aux = jax.grad(objective, has_aux=True)(theta, jax.random.fold_in(k_select, epoch))
-        theta, opt_state = apply_direction(opt, theta, opt_state, direction)
-        stats.append(aux)
+        for j in range(mini_batches):
+            part, part_adv = mini_batch(ctx, adv, j, mini_batches)
+            k = jax.random.fold_in(k_select, epoch * mini_batches + j)
+            direction, aux = jax.grad(objective, has_aux=True)(theta, k, part, part_adv)
+            theta, opt_state = apply_direction(opt, theta, opt_state, direction)
+            stats.append(aux)
     info.update(jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *stats))
     info["dH_pred_closed"] = jnp.full((), jnp.nan, theta.dtype)
     if not carrying:
@@ -793,7 +828,8 @@ def policy_rule(name: str, summary: str, *pieces: Piece, options=GROUP_OPTIONS):
         hparams=merge("hyperparameters", name, (ETA,), *(p.hparams for p in pieces)),
         options=merge("options", name, options, *(p.options for p in pieces)),
         columns=merge("columns", name, BATCH_COLUMNS, *(p.columns for p in pieces)),
-        checks=tuple(c for p in pieces for c in p.checks), sampled=True, pieces=tuple(pieces),
+        checks=GROUP_CHECKS + tuple(c for p in pieces for c in p.checks), sampled=True,
+        pieces=tuple(pieces),
         init=init if carrying else None)
 
 

@@ -26,7 +26,7 @@ import warnings
 from entropy_sim import prng, sharding, summary
 from entropy_sim.diagnostics import NAN_ALLOWED, pass_at_k, step_metrics
 from entropy_sim.envs.base import Evaluation
-from entropy_sim.experiment import Experiment
+from entropy_sim.experiment import Experiment, precision
 from entropy_sim.algorithms import RULES
 from entropy_sim.columns import run_columns
 from entropy_sim.summary import DERIVED
@@ -224,7 +224,12 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
 
     ``checkpoint`` (a ``checkpoint.Checkpoint``) receives the state after every completed unit and
     supplies the units already done, so a killed run resumes where it stopped with identical
-    results."""
+    results. JAX's x64 mode is the run's (``experiment.precision``) while it runs."""
+    with precision(exp.config["dtype"]):
+        return _run_arrays(exp, progress=progress, checkpoint=checkpoint)
+
+
+def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
     cfg = exp.config
     plan = make_plan(exp)
     summary_mode = cfg["output"] == "summary"

@@ -753,3 +753,58 @@ def test_adaptive_entropy_bonus_is_the_applied_coefficient_times_the_entropy_gra
                                        rtol=1e-12, atol=1e-14)
         else:
             np.testing.assert_array_equal(np.asarray(theta_next), base)
+
+
+# ----------------------------------------------------------------------------- mini-batches
+
+def test_mini_batches_step_in_order_each_on_its_prompts_off_policy_after_the_first():
+    """Two mini-batches, one epoch, the r A surrogate, sgd: the first step is the token-mean score
+    of prompt 0's responses at pi_old; the second, of prompt 1's at the policy after the first,
+    each token weighted by its ratio r = pi / pi_old (both prompts share state 0 here, so the
+    second step sees the first). Written out in NumPy."""
+    reward = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    state = np.zeros((2, 4, 1), int)
+    batch = Batch(prompt=jnp.arange(2), state=jnp.asarray(state), action=jnp.asarray(ACTION[..., None]),
+                  reward=jnp.asarray(reward), togo=jnp.asarray(reward[..., None]), discount=jnp.ones(1))
+
+    @dataclasses.dataclass(frozen=True)
+    class OneStateEnv(FixedBatchEnv):
+        def sample(self, key, logits, prompts, group):
+            return batch
+
+    env = OneStateEnv(contextual_bandit(R.tolist(), [0.5, 0.5]))
+    spec = ob.policy_rule("mb", "test", ob.group_centred, ob.plain_ratio)
+    eta = 0.7
+    hp = {"eta": jnp.asarray(eta, jnp.float64)}
+    theta = jnp.asarray(THETA)
+    opt = optim.make_optimizer("sgd", hp)
+    got, _, _ = spec.fn(theta, opt.init(theta), env.evaluate(theta, 0.0), env, hp,
+                        jax.random.PRNGKey(0), opt, batch=2, group=4, epochs=1, mini_batches=2)
+    adv = reward - reward.mean(axis=1, keepdims=True)
+    pi_old = softmax(THETA)[0]
+    want = THETA.copy()
+    for j in range(2):  # prompt j: 4 tokens of state 0
+        pi = softmax(want)[0]
+        direction = np.zeros(3)
+        for i in range(4):
+            a = ACTION[j, i]
+            direction += adv[j, i] * pi[a] / pi_old[a] * (np.eye(3)[a] - pi) / 4
+        want[0] += eta * direction
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-15)
+    one, _, _ = spec.fn(theta, opt.init(theta), env.evaluate(theta, 0.0), env, hp,
+                        jax.random.PRNGKey(0), opt, batch=2, group=4, epochs=1)
+    assert not np.allclose(np.asarray(one), want)  # one step on both prompts differs
+
+
+def test_mini_batches_that_do_not_divide_the_batch_or_split_aepo_are_refused():
+    import entropy_sim as es
+    from entropy_sim.errors import ConfigError
+
+    base = {"seeds": 2, "steps": 2, "env": {"kind": "bandit", "means": [1.0, 0.0]},
+            "algo": {"name": "grpo", "eta": 1.0, "batch": 6, "mini_batches": 4}}
+    with pytest.raises(ConfigError, match=r"algo.mini_batches: must divide batch = 6"):
+        es.Config(base)
+    with pytest.raises(ConfigError, match=r"algo.mini_batches: AEPO's regulariser"):
+        es.Config({**base, "algo": {"name": "aepo", "eta": 1.0, "entropy_target": 0.5,
+                                    "mini_batches": 2}})
+    es.Config({**base, "algo": {**base["algo"], "mini_batches": 3}})  # 3 divides 6
