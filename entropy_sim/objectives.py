@@ -6,7 +6,8 @@ One step of a rule built here (docs/theory.md §4 and §5):
     reward     shapers of the responses' rewards        [M, G]             (Piece.reward)
     advantage  an estimator, then shapers               [M, G, L]          (Piece.advantage)
     prepare    anything drawn once per step (AEPO's second batch)          (Piece.prepare)
-    epochs x:  r = pi / pi_old per token
+    epochs x, mini_batches x (each on its prompts):
+               r = pi / pi_old per token
                surrogate: per-token objective and clip mask                (Piece.surrogate)
                token selection and masks                                   (Piece.select)
                token mean, plus bonuses and regularisers                   (Piece.bonus)
@@ -131,6 +132,8 @@ BATCH_COLUMNS = (
     Column("clip_frac_high", "the part of clip_frac with A > 0: PPO's upper bound "
                              "r > 1 + eps_high (or CISPO's cap)"),
 )
+
+
 def _check_mini_batches(values: dict, num_actions: int) -> None:
     if "mini_batches" in values and values["batch"] % values["mini_batches"]:
         raise ConfigError("algo.mini_batches", f"must divide batch = {values['batch']} (prompts "

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors
+from entropy_sim.envs.base import F32
 from entropy_sim.envs.registry import over_keys
 from entropy_sim.errors import ConfigError
 from entropy_sim.parts import Field, Variant
@@ -36,7 +37,7 @@ def from_logits(logits: Array, num_states: int) -> Array:
 
 def gaussian(key: Array, num_states: int, num_actions: int, scale: float) -> Array:
     """Random logits ``scale * N(0, 1)``. ``[S, A]``."""
-    return scale * jax.random.normal(key, (num_states, num_actions))
+    return scale * jax.random.normal(key, (num_states, num_actions), F32)
 
 
 def prior(key: Array, num_states: int, num_actions: int, peak: float,
@@ -49,7 +50,7 @@ def prior(key: Array, num_states: int, num_actions: int, peak: float,
     probabilities inside and outside the correct set kept). States whose actions are all correct,
     or none, are left as they are. ``-> [S, A]``.
     """
-    favoured = jax.random.randint(key, (num_states,), 0, num_actions)
+    favoured = jax.random.randint(key, (num_states,), 0, num_actions, jnp.int32)
     rest = (1.0 - peak) / (num_actions - 1)
     pi = jnp.where(jax.nn.one_hot(favoured, num_actions) > 0, peak, rest)
     if correct is not None and correct_mass is not None:

@@ -199,7 +199,7 @@ def test_static_options_get_their_defaults_and_reach_the_experiment():
     assert (algo["batch"], algo["group"], algo["epochs"]) == (8, 8, 1)
     assert (algo["eps"], algo["alpha"], algo["temp_low"], algo["temp_high"]) == (0.2, 1.0, 0.8, 1.2)
     assert (algo["pos_up"], algo["pos_down"]) == (60, 30)
-    assert es.build(cfg).options == {"batch": 8, "group": 8, "epochs": 1}
+    assert es.build(cfg).options == {"batch": 8, "group": 8, "epochs": 1, "mini_batches": 1}
 
 
 def test_grid_is_the_cartesian_product_of_sweep_lists_last_varying_fastest():

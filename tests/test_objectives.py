@@ -227,7 +227,8 @@ def test_a_chain_declares_the_union_of_its_pieces():
                                               "lambda"]
     assert spec.column_names == ("entropy_batch", "batch_reward", "zero_adv_groups", "clip_frac",
                                  "clip_frac_low", "clip_frac_high", "cov_tokens")
-    assert spec.sampled and [o.name for o in spec.options] == ["batch", "group", "epochs"]
+    assert spec.sampled and [o.name for o in spec.options] == ["batch", "group", "epochs",
+                                                               "mini_batches"]
 
 
 def test_chains_that_cannot_work_are_refused_when_composed():

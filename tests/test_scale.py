@@ -352,7 +352,8 @@ def test_float64_follows_the_eta_squared_law_where_float32_cannot():
     assert np.abs(r64[0] - 1).max() < 0.1
     r32 = ratio["float32"] / ratio["float64"][2]
     assert np.abs(r32[1] - 1).max() < 0.05       # float32 follows at eta = 1e-3 ...
-    assert np.median(np.abs(r32[-1] - 1)) > 0.5  # ... and has lost the law at eta = 1e-6
+    lost = np.median(np.abs(r32[-1] - 1))        # ... and has lost the law at eta = 1e-6:
+    assert lost > 0.3 and lost > 100 * np.abs(r64[1:] - 1).max()  # 0.46 against float64's 6e-4
 
 
 def test_two_processes_with_jax_distributed_write_the_single_process_result(tmp_path):

@@ -15,7 +15,8 @@ import numpy as np
 from entropy_sim import errors, prng
 from entropy_sim.parts import Cases, Field, OneOf, Variant, fields_of
 from entropy_sim.sampling import Batch, Tally, count_at_least, draw_prompts, inverse_cdf
-from entropy_sim.envs.base import Evaluation, all_binary, float_dtype as _float, policy, soft_values
+from entropy_sim.envs.base import (F32, Evaluation, all_binary, float_dtype as _float, policy,
+                                   soft_values)
 from entropy_sim.envs.registry import Draw, EnvKind, register
 
 Array = jax.Array
@@ -209,14 +210,14 @@ def random_bandit(key: Array, arms: int, *, generator: str = "uniform", low: flo
     """
     shape = (contexts, arms)
     if generator == "uniform":
-        r = jax.random.uniform(key, shape, minval=low, maxval=high)
+        r = jax.random.uniform(key, shape, F32, minval=low, maxval=high)
     elif generator == "bernoulli":
-        r = jax.random.bernoulli(key, p, shape).astype(jnp.float32)
+        r = jax.random.bernoulli(key, jnp.float32(p), shape).astype(jnp.float32)
     elif generator == "gaussian":
-        r = loc + scale * jax.random.normal(key, shape)
+        r = loc + scale * jax.random.normal(key, shape, F32)
     elif generator == "verifiable":
         # The num_correct smallest of `arms` iid uniforms are a uniform random subset.
-        u = jax.random.uniform(key, shape)
+        u = jax.random.uniform(key, shape, F32)
         rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
         r = (rank < num_correct).astype(jnp.float32)
     else:

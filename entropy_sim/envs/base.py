@@ -55,6 +55,12 @@ def soft_values(pi: Array, log_pi: Array, q: Array, tau: Array) -> tuple[Array, 
     return v, q_soft - v[:, None]
 
 
+# Random problems (drawn environments, random starts) are drawn in float32 whatever the run's
+# dtype and JAX's x64 mode, then cast: a float64 run of a seed solves the problem a float32 run
+# of it does (up to rounding), and a float32 run draws the same numbers whether or not x64 is on.
+F32 = jnp.float32
+
+
 def float_dtype():
     """The default float dtype: float32, or float64 when ``jax_enable_x64`` is on."""
     return jnp.zeros(()).dtype

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_sim import errors, prng
-from entropy_sim.envs.base import Evaluation, float_dtype, policy
+from entropy_sim.envs.base import F32, Evaluation, float_dtype, policy
 from entropy_sim.envs.registry import Draw, EnvKind, register
 from entropy_sim.parts import Cases, Field, OneOf, Variant
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
@@ -225,15 +225,15 @@ def garnet(key: Array, states: int, actions: int, branching: int, gamma: float) 
     Pure: vmap it over keys for one MDP per seed."""
     k_next, k_prob, k_r = jax.random.split(key, 3)
     # The `branching` smallest of S iid uniforms pick a uniform random subset of next states.
-    u = jax.random.uniform(k_next, (states, actions, states))
+    u = jax.random.uniform(k_next, (states, actions, states), F32)
     rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-    cuts = jnp.sort(jax.random.uniform(k_prob, (states, actions, branching - 1)), axis=-1)
+    cuts = jnp.sort(jax.random.uniform(k_prob, (states, actions, branching - 1), F32), axis=-1)
     edges = jnp.concatenate([jnp.zeros((states, actions, 1)), cuts,
                              jnp.ones((states, actions, 1))], axis=-1)
     probs = jnp.diff(edges, axis=-1)  # [S, A, branching], sums to 1
     P = jnp.where(rank < branching, jnp.take_along_axis(probs, jnp.minimum(rank, branching - 1),
                                                          axis=-1), 0.0)
-    r = jax.random.uniform(k_r, (states, actions))
+    r = jax.random.uniform(k_r, (states, actions), F32)
     dtype = float_dtype()
     return TabularMDP(P=P.astype(dtype), r=r.astype(dtype), gamma=jnp.asarray(gamma, dtype),
                       mu=jnp.full((states,), 1.0 / states, dtype))

@@ -22,7 +22,7 @@ import numpy as np
 
 from entropy_sim import errors, prng
 from entropy_sim.envs.bandit import RHO, SHARED, rho_matches
-from entropy_sim.envs.base import Evaluation, all_binary, float_dtype, policy
+from entropy_sim.envs.base import F32, Evaluation, all_binary, float_dtype, policy
 from entropy_sim.envs.registry import Draw, EnvKind, register
 from entropy_sim.parts import Field, OneOf, Variant
 from entropy_sim.sampling import Batch, draw_prompts, inverse_cdf
@@ -197,7 +197,7 @@ def random_token_tree(key: Array, vocab: int, length: int, prompts: int = 1,
                       num_correct: int = 1, rho=None) -> TokenTree:
     """A token tree whose prompts each have ``num_correct`` distinct correct responses drawn
     uniformly at random. Pure: vmap it over keys for one tree per seed."""
-    u = jax.random.uniform(key, (prompts, vocab ** length))
+    u = jax.random.uniform(key, (prompts, vocab ** length), F32)
     rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
     reward = (rank < num_correct).astype(float_dtype())
     rho = jnp.full((prompts,), 1.0 / prompts) if rho is None else jnp.asarray(rho)
