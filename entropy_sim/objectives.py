@@ -5,7 +5,7 @@ One step of a rule built here (docs/theory.md §4 and §5):
     batch      prompts x group responses drawn from pi_old = pi            (env.sample)
     reward     shapers of the responses' rewards        [M, G]             (Piece.reward)
     advantage  an estimator, then shapers               [M, G, L]          (Piece.advantage)
-    prepare    anything drawn once per step (AEPO's second batch)          (Piece.prepare)
+    prepare    anything decided once per step (AEPO's second batch, an entropy gate) (Piece.prepare)
     epochs x, mini_batches x (each on its prompts):
                r = pi / pi_old per token
                surrogate: per-token objective and clip mask                (Piece.surrogate)
@@ -445,9 +445,15 @@ forking_tokens = Piece(
 
 # ----------------------------------------------------------------------------- bonuses
 
-def _entropy_bonus(log_pi, ctx: Context, hp, state) -> Array:
+def token_mean_entropy(log_pi: Array, ctx: Context) -> Array:
+    """Token mean of ``H(pi(.|s_t))`` over the (mini-)batch, differentiable through ``log_pi:
+    [S, A]``. ``[]``."""
     ent = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
-    return hp["lambda"] * jnp.mean(ent[ctx.sample.state])
+    return jnp.mean(ent[ctx.sample.state])
+
+
+def _entropy_bonus(log_pi, ctx: Context, hp, state) -> Array:
+    return hp["lambda"] * token_mean_entropy(log_pi, ctx)
 
 
 entropy_bonus = Piece(
@@ -580,22 +586,26 @@ class EntropyControl(NamedTuple):
     coef: Array  # [] the coefficient for the next step (before the gate)
 
 
-def _gate(ctx: Context, hp, coef: Array) -> Array:
-    """The coefficient applied: ``coef`` while the batch's entropy is at most the target, else 0."""
-    return jnp.where(jnp.mean(ctx.ev.ent[ctx.sample.state]) <= hp["entropy_target"], coef, 0.0)
+def _below_target(ctx: Context, hp) -> Array:
+    """Whether the step's whole batch has token-mean entropy (under pi_old) at most the target."""
+    return jnp.mean(ctx.ev.ent[ctx.sample.state]) <= hp["entropy_target"]
 
 
-def _adaptive_bonus(log_pi, ctx: Context, hp, state) -> Array:
-    ent = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
-    return _gate(ctx, hp, ctx.carried["adaptive_entropy"].coef) * jnp.mean(ent[ctx.sample.state])
+def _adaptive_prepare(ctx: Context, hp, key):
+    """The coefficient this step applies (0 above the target), decided once on the whole batch:
+    every mini-batch's bonus uses it."""
+    applied = jnp.where(_below_target(ctx, hp), ctx.carried["adaptive_entropy"].coef, 0.0)
+    return applied, {"entropy_coef_t": applied}
+
+
+def _adaptive_bonus(log_pi, ctx: Context, hp, applied) -> Array:
+    return applied * token_mean_entropy(log_pi, ctx)
 
 
 def _adaptive_update(control: EntropyControl, theta_next, ctx: Context, hp, info):
-    below = jnp.mean(ctx.ev.ent[ctx.sample.state]) <= hp["entropy_target"]
-    coef = jnp.clip(control.coef + jnp.where(below, hp["entropy_coef_delta"],
-                                             -hp["entropy_coef_delta"]),
-                    hp["entropy_coef_min"], hp["entropy_coef_max"])
-    return EntropyControl(coef), {"entropy_coef_t": _gate(ctx, hp, control.coef)}
+    delta = jnp.where(_below_target(ctx, hp), hp["entropy_coef_delta"], -hp["entropy_coef_delta"])
+    coef = jnp.clip(control.coef + delta, hp["entropy_coef_min"], hp["entropy_coef_max"])
+    return EntropyControl(coef), {}
 
 
 def _check_coef_bounds(values: dict, num_actions: int) -> None:
@@ -622,7 +632,8 @@ adaptive_entropy = Piece(
                     low=0.0)),
     columns=(Column("entropy_coef_t", "entropy coefficient applied in this step (0 while the "
                                       "batch entropy is above entropy_target)"),),
-    checks=(_check_coef_bounds,), bonus=_adaptive_bonus, update=_adaptive_update,
+    checks=(_check_coef_bounds,), prepare=_adaptive_prepare, bonus=_adaptive_bonus,
+    update=_adaptive_update,
     init=lambda theta, hp: EntropyControl(jnp.asarray(hp["entropy_coef"], theta.dtype)))
 
 

@@ -101,10 +101,10 @@ def final_entropy(res) -> np.ndarray:
     return np.mean(-np.sum(np.exp(log_pi) * log_pi, axis=-1), axis=-1)
 
 
-def curve(res, metric: str, **where) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, mean over seeds)`` of ``metric`` at the grid point ``where``."""
-    s = res.summary()
-    s = s[s.metric == metric]
+def curve(summary, metric: str, **where) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, mean over seeds)`` of ``metric`` at the grid point ``where`` of a run's
+    ``summary()``."""
+    s = summary[summary.metric == metric]
     for key, value in where.items():
         s = s[np.isclose(s[key], value)]
     return s.step.to_numpy(), s["mean"].to_numpy()
@@ -165,6 +165,7 @@ def run(ctx: Context) -> dict[str, float]:
 
     # 1. clip-higher
     res = ctx.run("clip_higher")
+    summary = res.summary()
     highs = [p["eps_high"] for p in res.swept]
     h_final = final_entropy(res)  # [G, N]
     drop = h_final[highs.index(0.2)] - h_final[highs.index(0.8)]
@@ -172,7 +173,7 @@ def run(ctx: Context) -> dict[str, float]:
     claims["clip_higher_entropy_drop_z"] = float(drop.mean() / (drop.std(ddof=1) / np.sqrt(len(drop))))
     ax = axes[0, 0]
     for i, high in enumerate(highs):
-        steps, mean = curve(res, "entropy", eps_high=high)
+        steps, mean = curve(summary, "entropy", eps_high=high)
         ax.plot(steps, mean, color=OKABE_ITO[i], label=f"eps_high = {high:g}"
                 + (" (= eps: GRPO)" if high == 0.2 else " (DAPO)" if high == 0.28 else ""))
         claims[f"clip_higher_final_entropy_{high:g}"] = float(h_final[i].mean())
@@ -182,13 +183,14 @@ def run(ctx: Context) -> dict[str, float]:
 
     # 2. clip-low against clip-high, random rewards
     res = ctx.run("random_rewards")
+    summary = res.summary()
     h_final = final_entropy(res).mean(axis=1)
     final = {(p["eps"], p["eps_high"]): h for p, h in zip(res.swept, h_final)}
     claims["clip_low_minus_none"] = final[(0.2, 100.0)] - final[(1.0, 100.0)]
     claims["none_minus_clip_high"] = final[(1.0, 100.0)] - final[(1.0, 0.2)]
     ax = axes[0, 1]
     for i, ((eps, high), label) in enumerate(CLIPS.items()):
-        steps, mean = curve(res, "entropy", eps=eps, eps_high=high)
+        steps, mean = curve(summary, "entropy", eps=eps, eps_high=high)
         ax.plot(steps, mean, color=OKABE_ITO[i], label=label)
         claims[f"random_final_entropy_{label.split()[0]}"] = final[(eps, high)]
     ax.set(xlabel="step", ylabel="entropy (nats)",
@@ -219,10 +221,10 @@ def run(ctx: Context) -> dict[str, float]:
     ax, ax8 = axes[1, 0], axes[1, 1]
     matched = {}
     for i, name in enumerate(TREE):
-        res = ctx.run(name)
-        steps, p1 = curve(res, "pass_at_1")
-        _, h = curve(res, "entropy")
-        _, p8 = curve(res, "pass_at_8")
+        summary = ctx.run(name).summary()
+        steps, p1 = curve(summary, "pass_at_1")
+        _, h = curve(summary, "entropy")
+        _, p8 = curve(summary, "pass_at_8")
         matched[name] = at_level(p1, LEVEL, h, p8)
         claims[f"tree_{name}_entropy_at_pass1"] = matched[name][0]
         claims[f"tree_{name}_pass8_at_pass1"] = matched[name][1]

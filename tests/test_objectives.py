@@ -713,7 +713,8 @@ def adaptive_update(coef, target, **hp_values):
                                                       **hp_values}.items()}
     control = ob.EntropyControl(jnp.asarray(coef))
     ctx = context()._replace(carried={"adaptive_entropy": control})
-    new, info = ob.adaptive_entropy.update(control, jnp.asarray(THETA), ctx, hp, {})
+    _, info = ob.adaptive_entropy.prepare(ctx, hp, jax.random.PRNGKey(0))
+    new, _ = ob.adaptive_entropy.update(control, jnp.asarray(THETA), ctx, hp, {})
     return float(new.coef), float(info["entropy_coef_t"])
 
 
