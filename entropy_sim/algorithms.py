@@ -12,8 +12,8 @@ from __future__ import annotations
 from entropy_sim import rules, sampled
 from entropy_sim.diagnostics import TEMPERATURE_COLUMNS
 from entropy_sim.objectives import (BATCH_COLUMNS, ETA, adaptive_entropy, aepo_regulariser,
-                                    cispo_weight, clip_cov_tokens, dual_clip, entropy_bonus,
-                                    entropy_shaping, forking_tokens, group_centred,
+                                    cispo_weight, clip_cov_tokens, dual_clip, dynamic_sampling,
+                                    entropy_bonus, entropy_shaping, forking_tokens, group_centred,
                                     group_normalised, gspo_clip, kl_cov_tokens, kl_penalty,
                                     plain_ratio, policy_rule, ppo_clip, sapo_gate, sign_weighted,
                                     signed_reward, with_defaults)
@@ -84,8 +84,8 @@ for _spec in [
                 *GRPO, aepo_regulariser(hot_and_cold=False)),
     policy_rule("aepo_adv", "AEPO ablation: regulariser with the group advantage, negatives kept",
                 *GRPO, aepo_regulariser(positives=False)),
-    policy_rule("dapo", "DAPO's clip-higher (eps_high = 0.28), token mean; no dynamic sampling",
-                group_normalised, with_defaults(ppo_clip, eps_high=0.28)),
+    policy_rule("dapo", "DAPO: dynamic sampling, clip-higher (eps_high = 0.28), token mean",
+                group_normalised, dynamic_sampling, with_defaults(ppo_clip, eps_high=0.28)),
     policy_rule("grpo_dual_clip", "GRPO with verl's dual clip c = 3 for A < 0",
                 *GRPO, dual_clip),
     policy_rule("gspo", "GSPO: sequence-level ratio and clip (Zheng et al.), eps 3e-4 / 4e-4",

@@ -46,12 +46,13 @@ def rows(section: str) -> tuple[list[str], list[list[str]]]:
                          ", ".join(spec.column_names) or "-"])
         return header, body
     if section == "pieces":
-        header = ["piece", "role", "what it does", "hyperparameters (default; bounds)", "columns"]
+        header = ["piece", "hooks", "what it does", "hyperparameters and options (default; bounds)",
+                  "columns"]
         body = []
         for piece in _pieces():
-            roles = [r for r in ("advantage", "prepare", "surrogate", "select", "bonus")
-                     if getattr(piece, r) is not None]
-            hps = ", ".join(f"{h.name} ({h.default_text}; {h.bounds})" for h in piece.hparams)
+            roles = [r for r in objectives.HOOKS if getattr(piece, r) is not None]
+            hps = ", ".join([f"{h.name} ({h.default_text}; {h.bounds})" for h in piece.hparams]
+                            + [f"{o.name} ({o.default}; {o.bounds})" for o in piece.options])
             body.append([piece.name, " + ".join(roles), piece.doc, hps or "-",
                          ", ".join(c.name for c in piece.columns) or "-"])
         return header, body

@@ -2,7 +2,7 @@
 
 One step of a rule built here (docs/theory.md §4 and §5):
 
-    batch      prompts x group responses drawn from pi_old = pi            (env.sample)
+    batch      prompts x group responses drawn from pi_old = pi  (env.sample, or Piece.draw)
     reward     shapers of the responses' rewards        [M, G]             (Piece.reward)
     advantage  an estimator, then shapers               [M, G, L]          (Piece.advantage)
     prepare    anything decided once per step (AEPO's second batch, an entropy gate) (Piece.prepare)
@@ -80,6 +80,8 @@ class Piece:
 
     Hooks (each optional; pieces of one kind run in the order given to ``policy_rule``):
 
+    - ``draw(env, key, theta, batch, group, options) -> (sample, info)``: the step's batch in place
+      of ``env.sample(key, theta, batch, group)`` (DAPO's dynamic sampling; at most one piece);
     - ``reward(reward, ctx, hp) -> reward``: a shaper of the responses' rewards ``[M, G]`` before
       the advantage (a KL penalty in the reward);
     - ``advantage(adv, ctx, hp) -> adv``: an estimator (``adv`` is None for the first) or a
@@ -114,8 +116,10 @@ class Piece:
     bonus: Callable | None = None
     init: Callable | None = None
     update: Callable | None = None
+    draw: Callable | None = None
 
 
+HOOKS = ("draw", "reward", "advantage", "prepare", "surrogate", "select", "bonus", "init", "update")
 ETA = Hparam("eta", None, "learning rate", low=0.0, low_open=True)
 EPS = Hparam("eps", 0.2, "PPO clip range", low=0.0)
 EPS_HIGH = Hparam("eps_high", -1.0, "upper clip range, ratio capped at 1 + eps_high; -1 = eps "
@@ -223,6 +227,51 @@ entropy_shaping = Piece(
     hparams=(Hparam("beta", 0.4, "entropy-shaping weight (Entropy-Adv)", low=0.0),
              Hparam("kappa", 2.0, "shaping cap |A| / kappa (Entropy-Adv)", low=1.0, low_open=True)),
     advantage=_entropy_shaped)
+
+
+def informative_first(reward: Array, batch: int) -> tuple[Array, Array, Array]:
+    """DAPO's dynamic sampling on ``reward: [K M, G]``, the rewards of ``K`` generation batches of
+    ``M = batch`` groups drawn in order: the indices ``[M]`` of the first ``M`` groups whose rewards
+    are not all equal (verl's filter keeps ``std > 0``), in draw order; where fewer than ``M`` are
+    informative, the first all-equal groups fill the rest. Also how many generation batches verl's
+    loop would have drawn (``K`` where it falls short: verl raises there) and how many all-equal
+    groups its filter dropped in them. ``([M] int32, [] int32, [] int32)``."""
+    drawn = reward.shape[0]
+    informative = ~jnp.all(reward == reward[:, :1], axis=-1)
+    index = jnp.argsort(~informative, stable=True)[:batch].astype(jnp.int32)
+    found = jnp.cumsum(informative)
+    full = found[-1] >= batch
+    used = jnp.where(full, jnp.argmax(found >= batch) // batch + 1, drawn // batch)
+    dropped = jnp.sum(~informative & (jnp.arange(drawn) < used * batch))
+    return index, used.astype(jnp.int32), dropped.astype(jnp.int32)
+
+
+def _dynamic_draw(env, key, theta, batch: int, group: int, options) -> tuple[Batch, dict]:
+    drawn = env.sample(key, theta, options["gen_batches"] * batch, group)
+    index, used, dropped = informative_first(drawn.reward, batch)
+    sample = drawn._replace(prompt=drawn.prompt[index], state=drawn.state[index],
+                            action=drawn.action[index], reward=drawn.reward[index],
+                            togo=drawn.togo[index])
+    return sample, {"gen_batches_used": used.astype(theta.dtype),
+                    "filtered_groups": dropped.astype(theta.dtype)}
+
+
+dynamic_sampling = Piece(
+    "dynamic_sampling", "DAPO's dynamic sampling (Yu et al. 2025): groups whose task rewards are "
+                        "all equal are dropped and more are drawn, up to gen_batches batches, "
+                        "until the batch is full of informative groups (verl "
+                        "algorithm.filter_groups, metric acc); short of that, all-equal groups "
+                        "fill the rest (zero_adv_groups > 0) where verl would raise",
+    options=(Option("gen_batches", 3, "generation batches of batch prompts drawn at most per step "
+                                      "(verl filter_groups.max_num_gen_batches with "
+                                      "gen_batch_size = train_batch_size; DAPO's recipe draws 3 "
+                                      "x train_batch_size at a time)"),),
+    columns=(Column("gen_batches_used", "generation batches verl's dynamic sampling would have "
+                                        "drawn this step to fill the batch (verl "
+                                        "num_gen_batches; gen_batches when it fell short)"),
+             Column("filtered_groups", "groups with all-equal rewards that dynamic sampling "
+                                       "dropped this step")),
+    draw=_dynamic_draw)
 
 
 # ----------------------------------------------------------------------------- surrogates
@@ -756,7 +805,12 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
     carrying = any(p.init is not None for p in pieces)
     opt_state, carried = opt_state if carrying else (opt_state, {})
     k_batch, k_prepare, k_select = jax.random.split(key, 3)
-    sample = env.sample(k_batch, theta, batch, group)
+    draw = next((p.draw for p in pieces if p.draw is not None), None)
+    drawn = {}
+    if draw is None:
+        sample = env.sample(k_batch, theta, batch, group)
+    else:
+        sample, drawn = draw(env, k_batch, theta, batch, group, options)
     ctx = Context(theta, ev, env, sample, ev.log_pi[sample.state, sample.action], batch, group,
                   options, carried)
     task_reward = sample.reward
@@ -773,6 +827,7 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
         "entropy_batch": jnp.mean(ev.ent[sample.state]),
         "batch_reward": jnp.mean(task_reward),
         "zero_adv_groups": jnp.mean(jnp.all(reward == reward[:, :1], axis=-1), dtype=theta.dtype),
+        **drawn,
     }
     states = {}
     for piece in pieces:
@@ -831,6 +886,9 @@ def policy_rule(name: str, summary: str, *pieces: Piece, options=GROUP_OPTIONS):
     surrogates = [p.name for p in pieces if p.surrogate is not None]
     if len(surrogates) != 1:
         raise ValueError(f"{name}: exactly one piece must give the surrogate, got {surrogates}")
+    draws = [p.name for p in pieces if p.draw is not None]
+    if len(draws) > 1:
+        raise ValueError(f"{name}: at most one piece may draw the batch, got {draws}")
     fn = functools.partial(policy_step, pieces=tuple(pieces))
     carrying = tuple(p for p in pieces if p.init is not None)
 
