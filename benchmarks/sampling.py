@@ -21,7 +21,8 @@ noisy machine falls on every workload alike and the ratios hold:
   (conditional binomials) and successes per arm (binomials), each binomial by inverting its CDF;
 - the random bits alone: the 64 uniforms of every seed-step and nothing else, from either source;
 - the policy-optimisation family on the same 64 responses (8 prompts x groups of 8): GRPO, DAPO
-  (clip-higher) and GSPO (sequence-level ratio), one epoch each, as the engine runs them.
+  (dynamic sampling from 3 generation batches, clip-higher) and GSPO (sequence-level ratio), one
+  epoch each, as the engine runs them.
 
 Each variant is registered as a rule of its own (``RULES``), so every compiled program stays
 cached while the rounds alternate between them.

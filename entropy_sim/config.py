@@ -36,6 +36,7 @@ import numpy as np
 from entropy_sim import envs, policies, sweeps
 from entropy_sim.algorithms import RULES
 from entropy_sim.columns import run_columns
+from entropy_sim.diagnostics import DIAGNOSTICS
 from entropy_sim.errors import ConfigError
 from entropy_sim.optim import OPTIMIZERS
 from entropy_sim.parts import REQUIRED, Cases, Field
@@ -49,6 +50,13 @@ ON_NONFINITE = ("error", "mark")
 def _log_every_divides_steps(v, ctx) -> None:
     if v["steps"] % v["log_every"]:
         raise ConfigError("log_every", f"must divide steps = {v['steps']}, got {v['log_every']}")
+
+
+def _diagnostics_are_known(v, ctx) -> None:
+    for i, name in enumerate(v["diagnostics"]):
+        if name not in DIAGNOSTICS:
+            raise ConfigError(f"diagnostics[{i}]", f"unknown column group {name!r}; choose from "
+                                                   f"{', '.join(DIAGNOSTICS)}")
 
 
 TOP = (
@@ -81,6 +89,11 @@ TOP = (
     _log_every_divides_steps,
     Field("pass_at", "list", (1, 8), "k of the exact pass@k columns (binary rewards only)",
           item="int", low=1, nonempty=True),
+    Field("diagnostics", "list", (), "optional column groups: improvement (the performance-"
+          "difference lemma, the surrogate, its gap and their bounds; docs/theory.md §7), "
+          "second_order (the entropy change to second order, the varentropy and its bound; §8)",
+          item="str", distinct=True),
+    _diagnostics_are_known,
 )
 TABLES = {"env": "table: the environment", "policy": "table: the initial policy",
           "algo": "table: the update rule and its hyperparameters"}

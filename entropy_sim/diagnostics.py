@@ -48,6 +48,31 @@ TEMPERATURE_COLUMNS = (
     Column("thm43_conclusion", "occupancy of the states where DeltaH(1) < 0 and dDeltaH/dT(1) > 0 "
                                "(equal to thm43_premise whenever the theorem holds)"),
 )
+# Optional groups of columns (``diagnostics = [...]`` in a config): docs/theory.md §7 and §8.
+IMPROVEMENT_COLUMNS = (
+    Column("dJ", "J(pi_{k+1}) - J(pi_k), the step's improvement of the unregularised return"),
+    Column("dJ_pdl", "h sum_s d_{k+1}(s) sum_a pi_{k+1}(a|s) A_k(s, a): the performance-difference "
+                     "lemma, equal to dJ (docs/theory.md §7.1)"),
+    Column("surrogate", "h sum_s d_k(s) sum_a pi_{k+1}(a|s) A_k(s, a): the surrogate, dJ_pdl with "
+                        "the old occupancy (§7.2)"),
+    Column("surrogate_gap", "dJ_pdl - surrogate = h sum_s (d_{k+1} - d_k)(s) Abar(s)"),
+    Column("surrogate_gap_bound", "2 h (h - 1) max_s |Abar(s)| tv_mean: the bound on "
+                                  "|surrogate_gap| (§7.4; 0 for bandits)"),
+    Column("tv_mean", "sum_s d_k(s) TV(pi_{k+1}(.|s), pi_k(.|s))"),
+    Column("tv_max", "max over states with d_k(s) > 0 of TV(pi_{k+1}(.|s), pi_k(.|s))"),
+    Column("tv_pinsker", "sqrt(kl / 2): Pinsker's and Jensen's bound on tv_mean"),
+    Column("occ_tv", "TV(d_{k+1}, d_k) = (1/2) sum_s |d_{k+1}(s) - d_k(s)|"),
+    Column("occ_tv_bound", "(h - 1) tv_mean: the bound on occ_tv (§7.3; gamma / (1 - gamma) "
+                           "tv_mean in an MDP, (L - 1) tv_mean in the token tree)"),
+)
+SECOND_ORDER_COLUMNS = (
+    Column("dH_pred_2nd", "dH_pred_cov - (1/2) sum_s d_k(s) (E[u^2] + E[l u^2]): the entropy "
+                          "change at fixed occupancy to second order in dz (§8.1)"),
+    Column("varentropy", "sum_s d_k(s) Var_{pi_k}(log pi_k): the varentropy"),
+    Column("dH_cov_bound", "sqrt(2 kl_quad varentropy): Cauchy-Schwarz's bound on |dH_pred_cov| "
+                           "(§8.2)"),
+)
+DIAGNOSTICS = {"improvement": IMPROVEMENT_COLUMNS, "second_order": SECOND_ORDER_COLUMNS}
 NONFINITE = Column("nonfinite", 'on_nonfinite = "mark" only: a metric of this row is NaN or '
                                 'infinite')
 
@@ -90,6 +115,42 @@ def step_metrics(ev: Evaluation, ev_next: Evaluation, dz: Array) -> dict[str, Ar
         "kl_quad": 0.5 * jnp.sum(occ * softmax.var(ev.pi, dz)),
         "kl_bound": jnp.sum(occ * softmax.kl_bound(ev.pi, ev.ent, dz)),
         "dz_max": jnp.max(jnp.abs(dz)),
+    }
+
+
+def improvement(ev: Evaluation, ev_next: Evaluation, horizon: Array, kl: Array) -> dict[str, Array]:
+    """The ``improvement`` columns (``IMPROVEMENT_COLUMNS``) of the step ``pi_k -> pi_{k+1}``.
+    ``ev, ev_next``: unregularised evaluations (``tau = 0``) of ``pi_k, pi_{k+1}``; ``horizon``
+    ``h``; ``kl = sum_s d_k(s) KL(pi_{k+1}(.|s) || pi_k(.|s))``. With ``Abar(s) = sum_a
+    pi_{k+1}(a|s) A_k(s, a)`` and ``TV_s`` the per-state total variation (docs/theory.md §7)."""
+    d, d_next = ev.occ, ev_next.occ
+    abar = jnp.sum(ev_next.pi * ev.adv, axis=-1)  # [S]
+    tv = softmax.total_variation(ev_next.pi, ev.pi)  # [S]
+    tv_mean = jnp.sum(d * tv)
+    visited = (d > 0) | (d_next > 0)
+    return {
+        "dJ": ev_next.ret - ev.ret,
+        "dJ_pdl": horizon * jnp.sum(d_next * abar),
+        "surrogate": horizon * jnp.sum(d * abar),
+        "surrogate_gap": horizon * jnp.sum((d_next - d) * abar),
+        "surrogate_gap_bound": 2.0 * horizon * (horizon - 1.0) * tv_mean
+                               * jnp.max(jnp.where(visited, jnp.abs(abar), 0.0)),
+        "tv_mean": tv_mean,
+        "tv_max": jnp.max(jnp.where(d > 0, tv, 0.0)),
+        "tv_pinsker": jnp.sqrt(jnp.maximum(kl, 0.0) / 2.0),
+        "occ_tv": 0.5 * jnp.sum(jnp.abs(d_next - d)),
+        "occ_tv_bound": (horizon - 1.0) * tv_mean,
+    }
+
+
+def second_order(ev: Evaluation, dz: Array, dH_pred_cov: Array, kl_quad: Array) -> dict[str, Array]:
+    """The ``second_order`` columns (``SECOND_ORDER_COLUMNS``) of the logit change ``dz: [S, A]``
+    from ``pi_k`` (docs/theory.md §8), given the step's ``dH_pred_cov`` and ``kl_quad``."""
+    varentropy = jnp.sum(ev.occ * softmax.var(ev.pi, ev.log_pi))
+    return {
+        "dH_pred_2nd": dH_pred_cov + jnp.sum(ev.occ * softmax.second_order_term(ev.pi, ev.log_pi, dz)),
+        "varentropy": varentropy,
+        "dH_cov_bound": jnp.sqrt(2.0 * jnp.maximum(kl_quad, 0.0) * varentropy),
     }
 
 

@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import warnings
 
 from entropy_sim import prng, sharding, summary
-from entropy_sim.diagnostics import NAN_ALLOWED, pass_at_k, step_metrics
+from entropy_sim.diagnostics import (NAN_ALLOWED, improvement, pass_at_k, second_order,
+                                     step_metrics)
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.experiment import Experiment, precision
 from entropy_sim.algorithms import RULES
@@ -62,8 +63,10 @@ def init_state(theta: Array, env, hp: dict, key: Array, *, rule: str, opt_name: 
 
 
 def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
-         pass_at: tuple[int, ...], options: tuple = ()) -> tuple[RunState, dict[str, Array]]:
-    """One update ``pi_t -> pi_{t+1}`` of one seed at one grid point, and its diagnostics row."""
+         pass_at: tuple[int, ...], options: tuple = (),
+         diagnostics: tuple[str, ...] = ()) -> tuple[RunState, dict[str, Array]]:
+    """One update ``pi_t -> pi_{t+1}`` of one seed at one grid point, and its diagnostics row
+    (with the optional column groups named in ``diagnostics``)."""
     opt = make_optimizer(opt_name, hp)
     tau = hp.get("tau", 0.0)
     theta_next, opt_state, info = RULES[rule].fn(
@@ -79,6 +82,13 @@ def step(state: RunState, env, hp: dict, t: Array, *, rule: str, opt_name: str,
         metrics["return_reg"] = state.ev.ret_reg
     if pass_at:
         metrics.update(pass_at_k(state.ev.success, env.prompt_weights(), pass_at))
+    if "improvement" in diagnostics:  # on the unregularised values
+        plain, plain_next = ((state.ev, ev_next) if "tau" not in hp else
+                             (env.evaluate(state.theta, 0.0), env.evaluate(theta_next, 0.0)))
+        metrics.update(improvement(plain, plain_next, env.horizon, metrics["kl"]))
+    if "second_order" in diagnostics:
+        metrics.update(second_order(state.ev, theta_next - state.theta, metrics["dH_pred_cov"],
+                                    metrics["kl_quad"]))
     return RunState(theta_next, opt_state, ev_next, state.key), metrics
 
 
@@ -107,7 +117,7 @@ def compiled_init(rule: str, opt_name: str, env_per_seed: bool, lay: sharding.La
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_seed: bool,
                    length: int, log_every: int, options: tuple, quantiles: tuple | None,
-                   lay: sharding.Layout, grid_rows: int):
+                   lay: sharding.Layout, grid_rows: int, diagnostics: tuple[str, ...] = ()):
     """The jitted chunk ``(state, env, hp, t0, real, trips) -> (state, out)``: ``length`` steps from step
     ``t0``, logging every ``log_every``-th. ``out`` is ``{name: [G, N, length // log_every]}``, or
     with ``quantiles = (probabilities, metrics)`` (summary mode) the statistics over the seeds
@@ -116,7 +126,8 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
     ``options``: the rule's static options as sorted ``(name, value)`` pairs; ``lay``: the
     device layout and seed block size (``sharding.py``); ``grid_rows``: the grid points of a full
     batch (the arrays hold padding rows too: ``sharding.layout``)."""
-    one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options)
+    one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options,
+                            diagnostics=diagnostics)
     per_seed = _per_seed(one, env_per_seed)
     times = lambda t0: t0 + log_every * jnp.arange(length // log_every)  # noqa: E731
 
@@ -260,7 +271,8 @@ def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
                 bar.update(length)
                 continue
             fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length,
-                                cfg["log_every"], options, quantiles, plan.layout, plan.grid_rows)
+                                cfg["log_every"], options, quantiles, plan.layout, plan.grid_rows,
+                                tuple(cfg["diagnostics"]))
             state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), real, trips)
             out = jax.tree.map(lambda x: x[:count], sharding.to_host(out))
             if not summary_mode:

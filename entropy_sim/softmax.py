@@ -58,6 +58,20 @@ def var(pi: Array, x: Array) -> Array:
     return cov(pi, x, x)
 
 
+def second_order_term(pi: Array, log_pi: Array, dz: Array) -> Array:
+    """The second-order term of ``H(softmax(theta + dz)) - H(softmax(theta))`` in ``dz``,
+    ``-(1/2) (E_pi[u^2] + E_pi[l u^2])`` with ``u = dz - E_pi[dz]``, ``l = log pi - E_pi[log pi]``
+    (docs/theory.md §8.1); the first-order term is ``-cov(pi, log_pi, dz)``. ``[..., A] -> [...]``."""
+    u = dz - mean(pi, dz)[..., None]
+    l = log_pi - mean(pi, log_pi)[..., None]
+    return -0.5 * jnp.sum(pi * (1.0 + l) * u * u, axis=-1)
+
+
+def total_variation(p: Array, q: Array) -> Array:
+    """``(1/2) sum_a |p_a - q_a|``. ``[..., A], [..., A] -> [...]``."""
+    return 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
+
+
 def kl(log_p: Array, log_q: Array) -> Array:
     """``KL(p || q) = sum_a p_a (log p_a - log q_a)`` from log-probabilities. ``[..., A] -> [...]``."""
     p = jnp.exp(log_p)
