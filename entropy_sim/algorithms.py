@@ -14,10 +14,10 @@ from entropy_sim.diagnostics import TEMPERATURE_COLUMNS
 from entropy_sim.objectives import (BATCH_COLUMNS, ETA, adaptive_entropy, aepo_regulariser,
                                     cispo_weight, clip_cov_tokens, dual_clip, dynamic_sampling,
                                     entropy_bonus, entropy_shaping, forking_tokens, group_centred,
-                                    group_normalised, gspo_clip, kl_cov_tokens, kl_penalty,
+                                    group_normalised, gspo_clip, kl_cov_tokens, reference_kl,
                                     plain_ratio, policy_rule, ppo_clip, sapo_gate, sign_weighted,
                                     signed_reward, with_defaults)
-from entropy_sim.parts import Hparam, Option, RuleSpec
+from entropy_sim.parts import Column, Hparam, Option, RuleSpec
 from entropy_sim.sampling import BASELINES
 
 TAU = Hparam("tau", None, "entropy-regularisation temperature", low=0.0)
@@ -40,6 +40,20 @@ def _sampled(name, fn, summary, batch):
 
 
 GRPO = (group_normalised, ppo_clip)
+
+DELTA = Hparam("delta", 0.01, "KL budget of a step, sum_s d(s) KL(pi_{k+1}(.|s) || pi_k(.|s))",
+               low=0.0, low_open=True)
+ETA_EFF = Column("eta_eff", "the step size the rule chose: dz = eta_eff A (trust_region, "
+                            "kl_penalty), eta_eff (A - mean_a A) (natural_gradient)")
+MULTIPLIER = Column("multiplier", "the KL constraint's Lagrange multiplier lambda = 1 / eta_eff "
+                                  "(trust_region: solved for; kl_penalty: carried and updated)")
+
+
+def _sgd_only(values: dict, num_actions: int) -> None:
+    from entropy_sim.errors import ConfigError
+    if values["optimizer"] != "sgd":
+        raise ConfigError("algo.optimizer", "this rule sets its own step size and applies "
+                                            f"it as it is: use sgd, got {values['optimizer']!r}")
 
 RULES: dict[str, RuleSpec] = {}
 
@@ -65,6 +79,22 @@ for _spec in [
              (ETA, TEMP),
              (Option("batch", 0, "responses per step; 0 = the exact expected update", minimum=0),),
              TEMPERATURE_COLUMNS),
+    RuleSpec("trust_region", rules.trust_region, "exact KL trust region: dz = eta A with eta "
+             "such that sum_s d KL(pi' || pi) = delta (bisection)", (DELTA,), (),
+             (ETA_EFF, MULTIPLIER), (_sgd_only,)),
+    RuleSpec("natural_gradient", rules.natural_gradient, "natural gradient with a KL budget: "
+             "sqrt(2 delta / g F^+ g) F^+ g, the exact Fisher matrix", (DELTA,), (), (ETA_EFF,),
+             (_sgd_only,)),
+    RuleSpec("kl_penalty", rules.kl_penalty, "max L - lambda KL (dz = A / lambda), lambda by dual "
+             "gradient descent or PPO's adaptive rule",
+             (DELTA, Hparam("kl_lambda", 1.0, "the multiplier lambda before step 0", low=0.0,
+                            low_open=True),
+              Hparam("dual_lr", 10.0, "dual gradient step: lambda += dual_lr (KL - delta)",
+                     low=0.0)),
+             (Option("dual", "gradient", "how lambda moves: gradient (dual descent) | ppo "
+                                         "(x2 above 1.5 delta, /2 below delta / 1.5)",
+                     choices=("gradient", "ppo")),),
+             (MULTIPLIER, ETA_EFF), (_sgd_only,), init=rules.kl_penalty_init),
     _sampled("reinforce", sampled.reinforce,
              "REINFORCE on B sampled responses, with an optional baseline", 64),
     _sampled("sampled_npg", sampled.sampled_npg,
@@ -98,7 +128,7 @@ for _spec in [
                 *GRPO, forking_tokens),
     policy_rule("grpo_kl", "GRPO with a KL penalty to the initial policy: k3 in the loss (GRPO, "
                            "verl use_kl_loss); any estimator, in the reward, adaptive", *GRPO,
-                kl_penalty),
+                reference_kl),
     policy_rule("adaptive_entropy", "GRPO + an entropy bonus whose coefficient adapts toward a "
                                     "target entropy (Skywork-OR1, TRL use_adaptive_entropy)",
                 *GRPO, adaptive_entropy),

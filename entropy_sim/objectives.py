@@ -549,7 +549,7 @@ def exact_kl(ev: Evaluation, log_ref: Array) -> Array:
 
 
 class Reference(NamedTuple):
-    """What ``kl_penalty`` carries from step to step."""
+    """What ``reference_kl`` carries from step to step."""
 
     logits: Array  # [S, A] the reference policy's logits
     coef: Array    # [] the KL coefficient (changes under kl_ctrl = "adaptive")
@@ -557,7 +557,7 @@ class Reference(NamedTuple):
 
 
 def _reference_logp(ctx: Context) -> Array:
-    log_ref = jax.nn.log_softmax(ctx.carried["kl_penalty"].logits, axis=-1)
+    log_ref = jax.nn.log_softmax(ctx.carried["reference_kl"].logits, axis=-1)
     return log_ref[ctx.sample.state, ctx.sample.action]
 
 
@@ -565,7 +565,7 @@ def _kl_in_reward(reward, ctx: Context, hp) -> Array:
     if ctx.options["kl_in"] != "reward":
         return reward
     k = kl_estimate(ctx.logp_old, _reference_logp(ctx), ctx.options["kl_estimator"])
-    return reward - ctx.carried["kl_penalty"].coef * jnp.sum(k, axis=-1)
+    return reward - ctx.carried["reference_kl"].coef * jnp.sum(k, axis=-1)
 
 
 def _kl_in_loss(log_pi, ctx: Context, hp, state) -> Array:
@@ -573,7 +573,7 @@ def _kl_in_loss(log_pi, ctx: Context, hp, state) -> Array:
         return jnp.zeros((), log_pi.dtype)
     logp = log_pi[ctx.sample.state, ctx.sample.action]
     k = kl_estimate(logp, _reference_logp(ctx), ctx.options["kl_estimator"])
-    return -ctx.carried["kl_penalty"].coef * jnp.mean(k)
+    return -ctx.carried["reference_kl"].coef * jnp.mean(k)
 
 
 def _kl_update(ref: Reference, theta_next, ctx: Context, hp, info):
@@ -594,8 +594,8 @@ def _kl_update(ref: Reference, theta_next, ctx: Context, hp, info):
     return Reference(logits, coef, step), columns
 
 
-kl_penalty = Piece(
-    "kl_penalty", "KL to a reference policy (the initial one, optionally reset or mixed in every "
+reference_kl = Piece(
+    "reference_kl", "KL to a reference policy (the initial one, optionally reset or mixed in every "
                   "ref_reset_every steps): - kl_coef x token mean of the estimator in the loss "
                   "(verl use_kl_loss, TRL beta), or kl_coef x its sum over the response off the "
                   "reward (verl use_kl_in_reward); coefficient fixed or adaptive (verl kl_ctrl)",

@@ -12,11 +12,13 @@ OPTIMIZERS = ("sgd", "adam")
 
 def make_optimizer(name: str, hp: dict) -> optax.GradientTransformation:
     """The optax transformation ``name`` with learning rate ``hp["eta"]`` (a traced array, so a
-    new value never recompiles). Rules hand it ``-direction``: optax minimises."""
+    new value never recompiles; 1 for the rules that set their own step and take no ``eta``).
+    Rules hand it ``-direction``: optax minimises."""
+    eta = hp["eta"] if "eta" in hp else 1.0
     if name == "sgd":
-        return optax.sgd(hp["eta"])
+        return optax.sgd(eta)
     if name == "adam":
-        return optax.adam(hp["eta"])
+        return optax.adam(eta)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

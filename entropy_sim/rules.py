@@ -98,3 +98,106 @@ def temp_reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch
     closed_s = -hp["eta"] * weight * jnp.sum(w_b * softmax.indicator_cov(ev.pi, theta), axis=-1)
     extra = temperature_law(ev, theta, temp, hp["eta"], env.horizon)
     return finish(opt, theta, opt_state, direction, closed_s, ev, extra)
+
+
+# ----------------------------------------------------------------------------- trust regions
+# docs/theory.md §7.4-7.6. These rules set their own step size: they take no eta and apply their
+# logit change as it is (``optimizer = "sgd"`` only, checked in algorithms.py).
+
+BISECTIONS = 60  # halvings of a bracket of e^40 in log eta: far below float64's resolution
+
+
+def tilted_kl(ev: Evaluation, eta: Array) -> Array:
+    """``sum_s d(s) KL(pi_eta(.|s) || pi(.|s))`` for ``pi_eta ∝ pi exp(eta A)``. ``[]``."""
+    log_next = jax.nn.log_softmax(ev.log_pi + eta * ev.adv, axis=-1)
+    return jnp.sum(ev.occ * jnp.sum(jnp.exp(log_next) * (log_next - ev.log_pi), axis=-1))
+
+
+def quadratic_step(ev: Evaluation, delta: Array) -> Array:
+    """``sqrt(2 delta / sum_s d(s) E_pi[A^2])``: the step size whose quadratic KL is ``delta``
+    (``E_pi[A] = 0``, so ``E_pi[A^2] = Var_pi(A)``); ``inf`` where every advantage is 0. ``[]``."""
+    second = jnp.sum(ev.occ * jnp.sum(ev.pi * ev.adv ** 2, axis=-1))
+    return jnp.sqrt(2.0 * delta / second)
+
+
+def trust_region_step(ev: Evaluation, delta: Array) -> Array:
+    """The ``eta`` with ``tilted_kl(ev, eta) = delta`` (docs/theory.md §7.4: the KL grows with
+    ``eta``, ``d KL / d eta = eta Var_{pi_eta}(A)``), by bisection on ``log eta`` in ``e^-20`` to
+    ``e^20`` times ``quadratic_step``. Where even the upper end's KL is below ``delta`` (the
+    greedy limit: ``KL -> sum_s d(s) (-log pi(argmax A | s))``) it is that end. ``[]``."""
+    centre = jnp.log(jnp.where(jnp.isfinite(quadratic_step(ev, delta)),
+                               quadratic_step(ev, delta), 1.0))
+
+    def halve(i, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        over = tilted_kl(ev, jnp.exp(mid)) > delta
+        return jnp.where(over, lo, mid), jnp.where(over, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, BISECTIONS, halve, (centre - 20.0, centre + 20.0))
+    return jnp.exp(0.5 * (lo + hi))
+
+
+def _own_step(theta, opt_state, ev: Evaluation, eta: Array, dz: Array, extra: dict):
+    closed_s = -eta * softmax.cov(ev.pi, ev.log_pi, ev.adv)  # NPG's T4 at this eta
+    info = {"dH_pred_closed": jnp.sum(ev.occ * closed_s), **extra}
+    return theta + dz, opt_state, info
+
+
+def trust_region(theta, opt_state, ev: Evaluation, env, hp, key, opt):
+    """The exact KL trust region (docs/theory.md §7.4): maximise the surrogate
+    ``h sum_s d(s) sum_a pi'(a|s) A(s, a)`` subject to ``sum_s d(s) KL(pi'(.|s) || pi(.|s)) <=
+    delta``. The maximiser is ``pi' ∝ pi exp(A / lambda)``, NPG with ``eta = 1/lambda`` set so the
+    exact KL equals ``delta`` (``trust_region_step``): ``dz = eta A``. Logs ``eta_eff`` and the
+    multiplier ``lambda = 1 / eta_eff``."""
+    eta = trust_region_step(ev, hp["delta"])
+    return _own_step(theta, opt_state, ev, eta, eta * ev.adv,
+                     {"eta_eff": eta, "multiplier": 1.0 / eta})
+
+
+def natural_gradient(theta, opt_state, ev: Evaluation, env, hp, key, opt):
+    """The natural gradient with a KL budget (docs/theory.md §7.5), the Taylor solution
+    ``dtheta = sqrt(2 delta / (g^T F^+ g)) F^+ g`` with the exact gradient ``g[s, a] = h d(s)
+    pi(a|s) A(s, a)`` and the exact Fisher matrix of the occupancy-weighted softmax, block
+    diagonal with ``F_s = d(s) (diag(pi_s) - pi_s pi_s^T)``. Its pseudo-inverse gives
+    ``F^+ g = h (A - mean_a A)`` on states with ``d(s) > 0`` and 0 elsewhere (the null space of
+    ``F_s`` is the constants), and ``g^T F^+ g = h^2 sum_s d(s) E_pi[A^2]``, so
+    ``dz = eta (A - mean_a A)`` with ``eta = sqrt(2 delta / sum_s d(s) E_pi[A^2])``: NPG at the
+    step whose quadratic KL is ``delta``, no line search. Logs ``eta_eff``."""
+    eta = quadratic_step(ev, hp["delta"])
+    eta = jnp.where(jnp.isfinite(eta), eta, 0.0)  # every advantage 0: no step
+    centred = ev.adv - jnp.mean(ev.adv, axis=-1, keepdims=True)
+    dz = jnp.where(ev.occ[:, None] > 0, eta * centred, 0.0)
+    return _own_step(theta, opt_state, ev, eta, dz, {"eta_eff": eta})
+
+
+LAMBDA_FLOOR = 1e-8  # a multiplier of 0 would be an infinite step
+
+
+def kl_penalty_init(theta, hp, opt):
+    """The multiplier before step 0: ``kl_lambda``."""
+    return jnp.asarray(hp["kl_lambda"], theta.dtype)
+
+
+def kl_penalty(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, dual: str = "gradient"):
+    """The Lagrangian route to the trust region (docs/theory.md §7.6): with the multiplier
+    ``lambda`` held fixed, maximise ``L(pi') - lambda sum_s d(s) KL(pi'(.|s) || pi(.|s))``, whose
+    maximiser is ``pi' ∝ pi exp(A / lambda)`` (``dz = A / lambda``); then update ``lambda`` from
+    the step's exact KL: ``dual = "gradient"``, dual gradient descent ``lambda <- max(0, lambda +
+    dual_lr (KL - delta))``; ``dual = "ppo"``, PPO's adaptive coefficient (Schulman et al. 2017):
+    ``lambda x 2`` if ``KL > 1.5 delta``, ``/ 2`` if ``KL < delta / 1.5``. ``lambda`` is kept at
+    least ``LAMBDA_FLOOR``. ``opt_state`` is the multiplier; logs the one used (``multiplier``)
+    and ``eta_eff = 1 / lambda``."""
+    lam = jnp.maximum(opt_state, LAMBDA_FLOOR)
+    eta = 1.0 / lam
+    kl = tilted_kl(ev, eta)
+    delta = hp["delta"]
+    if dual == "gradient":
+        lam_next = lam + hp["dual_lr"] * (kl - delta)
+    elif dual == "ppo":
+        lam_next = jnp.where(kl > 1.5 * delta, 2.0 * lam, jnp.where(kl < delta / 1.5, lam / 2, lam))
+    else:
+        raise ValueError(f"unknown dual update {dual!r}; choose gradient or ppo")
+    theta_next, _, info = _own_step(theta, opt_state, ev, eta, eta * ev.adv,
+                                    {"eta_eff": eta, "multiplier": lam})
+    return theta_next, jnp.maximum(lam_next, LAMBDA_FLOOR), info

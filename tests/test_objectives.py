@@ -579,14 +579,14 @@ KL_BANDIT_R = np.zeros((2, 3))  # every reward 0: the step is the KL term's alon
 def kl_steps(kl_in, estimator, group=4, draws=40_000):
     """Sampled one-epoch sgd steps (eta = 1) of a chain with the KL penalty at kl_coef 0.5, from
     THETA with the reference REF_THETA, on a contextual bandit whose rewards are all 0."""
-    spec = ob.policy_rule("kl_test", "test", ob.group_centred, ob.plain_ratio, ob.kl_penalty)
+    spec = ob.policy_rule("kl_test", "test", ob.group_centred, ob.plain_ratio, ob.reference_kl)
     hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 1.0,
                                                       "kl_coef": 0.5}.items()}
     env = contextual_bandit(KL_BANDIT_R.tolist(), [0.3, 0.7])
     theta = jnp.asarray(THETA)
     opt = optim.make_optimizer("sgd", hp)
     opt_state, carried = spec.init(theta, hp, opt)
-    carried = {"kl_penalty": carried["kl_penalty"]._replace(logits=jnp.asarray(REF_THETA))}
+    carried = {"reference_kl": carried["reference_kl"]._replace(logits=jnp.asarray(REF_THETA))}
     ev = env.evaluate(theta, 0.0)
 
     def direction(key):
@@ -619,7 +619,7 @@ def occupancy_weighted_kl_grad(reverse=False):
     ("loss", "k2", 1.0, False),           # differentiated: k2's gradient is the true one
     ("loss", "k3", 1.0, True),            # ... and k3's that of the other direction
 ])
-def test_kl_penalty_expected_step_is_minus_coef_times_the_closed_form_kl_gradient(
+def test_reference_kl_expected_step_is_minus_coef_times_the_closed_form_kl_gradient(
         kl_in, estimator, factor, reverse):
     """Through the whole chain, sampled (Monte Carlo within 4.5 standard errors): the expected
     logit step of the KL term is -kl_coef x grad KL; in the reward, a group-centred advantage
@@ -639,14 +639,14 @@ def test_k1_in_the_loss_has_no_expected_step():
 
 
 def kl_update(ref_logits, hp_values, options, theta_next, step=0, coef=0.5):
-    """One ``kl_penalty.update`` on the fixed batch from ``ref_logits``."""
-    spec = ob.policy_rule("kl_test", "test", ob.group_normalised, ob.ppo_clip, ob.kl_penalty)
+    """One ``reference_kl.update`` on the fixed batch from ``ref_logits``."""
+    spec = ob.policy_rule("kl_test", "test", ob.group_normalised, ob.ppo_clip, ob.reference_kl)
     hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 1.0,
                                                       **hp_values}.items()}
     ref = ob.Reference(jnp.asarray(ref_logits), jnp.asarray(coef), jnp.asarray(step, jnp.int32))
     ctx = context()._replace(options={"kl_estimator": "k1", "kl_ctrl": "fixed", "kl_in": "loss",
-                                      **options}, carried={"kl_penalty": ref})
-    return ob.kl_penalty.update(ref, jnp.asarray(theta_next), ctx, hp, {})
+                                      **options}, carried={"reference_kl": ref})
+    return ob.reference_kl.update(ref, jnp.asarray(theta_next), ctx, hp, {})
 
 
 def test_adaptive_kl_coefficient_follows_verls_controller():
@@ -690,13 +690,13 @@ def test_reference_resets_or_mixes_in_every_ref_reset_every_steps_and_logs_the_e
                                      {"kl_in": "loss", "kl_estimator": "k3+"}])
 def test_kl_coef_zero_is_bitwise_grpo(options):
     base, _ = step("grpo", (ob.group_normalised, ob.ppo_clip), epochs=2)
-    spec = ob.policy_rule("kl_zero", "test", ob.group_normalised, ob.ppo_clip, ob.kl_penalty)
+    spec = ob.policy_rule("kl_zero", "test", ob.group_normalised, ob.ppo_clip, ob.reference_kl)
     hp = {k: jnp.asarray(v, jnp.float64) for k, v in {**spec.defaults, "eta": 0.5,
                                                       "kl_coef": 0.0}.items()}
     theta = jnp.asarray(THETA)
     opt = optim.make_optimizer("sgd", hp)
     state = spec.init(theta, hp, opt)
-    state = (state[0], {"kl_penalty": state[1]["kl_penalty"]._replace(logits=jnp.asarray(REF_THETA))})
+    state = (state[0], {"reference_kl": state[1]["reference_kl"]._replace(logits=jnp.asarray(REF_THETA))})
     theta_next, _, info = spec.fn(theta, state, ENV.evaluate(theta, 0.0), ENV, hp,
                                   jax.random.PRNGKey(0), opt, batch=2, group=4, epochs=2,
                                   kl_ctrl="fixed", **options)

@@ -170,3 +170,106 @@ def test_improvement_columns_in_a_run_use_the_unregularised_return(rule, extra):
     np.testing.assert_allclose(df.dJ_pdl, df.dJ, atol=1e-10)
     assert (df.surrogate_gap.abs() <= df.surrogate_gap_bound).all()
     assert (df.surrogate_gap.abs() > 0).any()  # an MDP: the occupancy moves
+
+
+# ----------------------------------------------------------------------------- the rules
+
+def np_kl(pi, log_new, d):
+    """sum_s d(s) KL(new || pi) for new = softmax(log_new)."""
+    new = np_softmax(log_new)
+    return d @ (new * (np.log(new) - np.log(pi))).sum(-1)
+
+
+def np_trust_region_eta(pi, adv, d, delta):
+    """The eta with sum_s d KL(pi exp(eta A) || pi) = delta, by NumPy bisection on eta itself."""
+    lo, hi = 0.0, 1.0
+    while np_kl(pi, np.log(pi) + hi * adv, d) < delta:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if np_kl(pi, np.log(pi) + mid * adv, d) > delta else (mid, hi)
+    return (lo + hi) / 2
+
+
+@jax.jit
+def _rule_step(env, theta, hp, lam):
+    from entropy_sim import rules
+    ev = env.evaluate(theta, 0.0)
+    out = {}
+    for name in ("trust_region", "natural_gradient"):
+        theta_next, _, info = getattr(rules, name)(theta, None, ev, env, hp, None, None)
+        out[name] = (theta_next - theta, info)
+    for dual in ("gradient", "ppo"):
+        theta_next, lam_next, info = rules.kl_penalty(theta, lam, ev, env, hp, None, None, dual=dual)
+        out[dual] = (theta_next - theta, lam_next, info)
+    return out
+
+
+def test_trust_region_natural_gradient_and_kl_penalty_steps_equal_numpy_references():
+    """60 random MDPs (seed 21): the trust region's step is pi exp(eta A) with eta from a NumPy
+    bisection (its KL equal to delta to 1e-10); the natural gradient's is
+    sqrt(2 delta / g^T F^+ g) F^+ g with F built explicitly and pseudo-inverted by NumPy, and
+    F^+ g is h A up to a per-state constant; kl_penalty steps A / lambda and updates lambda by
+    the dual gradient or PPO's rule on the step's exact KL."""
+    rng = np.random.default_rng(21)
+    for case in range(60):
+        S, A = [(2, 3), (4, 2), (3, 4)][case % 3]
+        P, r, gamma, mu = random_mdp(rng, S, A, rng.uniform(0.0, 0.9))
+        theta = rng.normal(size=(S, A))
+        delta, lam, dual_lr = 10 ** rng.uniform(-4, -1), rng.uniform(0.3, 5.0), rng.uniform(1, 50)
+        hp = {"delta": jnp.asarray(delta), "dual_lr": jnp.asarray(dual_lr)}
+        out = _rule_step(mdp(P, r, gamma, mu), jnp.asarray(theta), hp, jnp.asarray(lam))
+        pi, adv, d, _ = np_evaluate(P, r, gamma, mu, theta)
+        h = 1 / (1 - gamma)
+        # Trust region.
+        eta = np_trust_region_eta(pi, adv, d, delta)
+        dz, info = out["trust_region"]
+        assert abs(float(info["eta_eff"]) / eta - 1) < 1e-8, case
+        np.testing.assert_allclose(np.asarray(dz), eta * adv, rtol=1e-8, atol=1e-12)
+        assert abs(np_kl(pi, np.log(pi) + np.asarray(dz), d) - delta) < 1e-10
+        assert abs(float(info["multiplier"]) * eta - 1) < 1e-8
+        # Natural gradient.
+        F = np.zeros((S * A, S * A))
+        for s in range(S):
+            F[s * A:(s + 1) * A, s * A:(s + 1) * A] = d[s] * (np.diag(pi[s]) - np.outer(pi[s], pi[s]))
+        g = (h * d[:, None] * pi * adv).ravel()
+        x = np.linalg.pinv(F, rcond=1e-12) @ g
+        want = np.sqrt(2 * delta / (g @ x)) * x
+        dz, _ = out["natural_gradient"]
+        np.testing.assert_allclose(np.asarray(dz).ravel(), want, rtol=1e-7, atol=1e-10)
+        shift = x.reshape(S, A) - h * adv
+        assert np.abs(shift - shift.mean(-1, keepdims=True)).max() < 1e-7 * h * np.abs(adv).max()
+        # kl_penalty: dz = A / lambda, then lambda moves on the step's KL.
+        kl = np_kl(pi, np.log(pi) + adv / lam, d)
+        dz, lam_next, info = out["gradient"]
+        np.testing.assert_allclose(np.asarray(dz), adv / lam, rtol=1e-12, atol=1e-14)
+        assert abs(float(lam_next) - max(lam + dual_lr * (kl - delta), 1e-8)) < 1e-10
+        assert float(info["multiplier"]) == lam
+        _, lam_next, _ = out["ppo"]
+        want = 2 * lam if kl > 1.5 * delta else lam / 2 if kl < delta / 1.5 else lam
+        assert abs(float(lam_next) - want) < 1e-12
+
+
+@pytest.mark.parametrize("rule", ["trust_region", "natural_gradient", "kl_penalty"])
+def test_trust_region_rules_run_from_a_config_on_every_environment(rule):
+    """Contextual bandits (a bandit is one with one context), token trees and MDPs, swept over
+    delta in one program, every column finite."""
+    for env in [{"kind": "contextual_bandit", "contexts": 3, "actions": 4, "generator": "verifiable"},
+                {"kind": "token_tree", "vocab": 2, "length": 3},
+                {"kind": "mdp", "generator": "garnet", "states": 5, "actions": 3}]:
+        cfg = {"seeds": 2, "steps": 5, "env": env, "policy": {"init": "gaussian"},
+               "diagnostics": ["improvement", "second_order"],
+               "algo": {"name": rule, "delta": [0.001, 0.01]}}
+        df = es.run(cfg, progress=False).metrics
+        assert sorted(df.delta.unique()) == [0.001, 0.01]
+        assert np.isfinite(df.drop(columns=["dH_pred_closed"]).select_dtypes("number")).all().all()
+        if rule == "trust_region":  # the exact KL is the budget (float32)
+            np.testing.assert_allclose(df.kl, df.delta, rtol=2e-3)
+
+
+def test_trust_region_rules_refuse_another_optimizer():
+    from entropy_sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="algo.optimizer: this rule sets its own step size"):
+        es.Config({"env": {"kind": "bandit", "means": [1.0, 0.0]},
+                   "algo": {"name": "trust_region", "optimizer": "adam"}})
