@@ -19,13 +19,18 @@ SECTIONS = ("rules", "pieces", "columns", "envs", "policies")
 
 def all_columns() -> tuple[Column, ...]:
     """Every column a run can log, in table order: the step's diagnostics, the regularised
-    return, pass@k, each rule's own columns, the non-finite mark, the summary's derived ones."""
+    return, pass@k, each rule's own columns, the optional groups of ``diagnostics``, the
+    non-finite mark, the summary's derived ones."""
     out = {c.name: c for c in (*IDENTIFIERS, *diagnostics.STEP_COLUMNS, diagnostics.RETURN_REG)}
     out["pass_at_k"] = Column("pass_at_k", "exact pass@k = sum_p rho(p) [1 - (1 - P(correct|p))^k] "
                                            "for each k of pass_at (binary rewards only)")
     for spec in RULES.values():
         for column in spec.columns:
             out.setdefault(column.name, column)
+    for group, columns in diagnostics.DIAGNOSTICS.items():
+        for column in columns:
+            out[column.name] = Column(column.name, f"[diagnostics: {group}] {column.doc}",
+                                      column.nan_allowed)
     out[diagnostics.NONFINITE.name] = diagnostics.NONFINITE
     for column in summary.DERIVED_COLUMNS:
         out[column.name] = column

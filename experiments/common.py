@@ -55,6 +55,7 @@ EXPERIMENTS = (
     "e6_failure_probability",
     "e7_entropy_performance",
     "e8_framework_methods",
+    "e9_trust_regions",
 )
 
 

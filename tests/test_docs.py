@@ -88,6 +88,10 @@ def logged_columns() -> set[str]:
     columns = set(diagnostics.step_metrics(ev, env.evaluate(theta + dz, 0.0), dz))
     columns |= set(diagnostics.temperature_law(ev, theta, 1.2, 0.1))
     columns |= set(diagnostics.pass_at_k(ev.success, env.rho, (1, 8)))
+    # The optional groups (diagnostics = [...]).
+    ev_next = env.evaluate(theta + dz, 0.0)
+    columns |= set(diagnostics.improvement(ev, ev_next, env.horizon, 0.0))
+    columns |= set(diagnostics.second_order(ev, dz, 0.0, 0.0))
     # Each rule's extra columns.
     for spec in algorithms.RULES.values():
         columns |= set(spec.column_names)

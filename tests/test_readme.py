@@ -334,6 +334,16 @@ def check_user_environment(out: str):
     assert 0 <= h1 < h0 <= math.log(2) + 1e-6
 
 
+@check('"algo": {"name": "trust_region", "delta": 0.01}')
+def check_trust_region(out: str):
+    """The performance-difference lemma holds to float64 rounding, and the exact trust region
+    spends its budget delta at every step (median KL / delta is 1)."""
+    m = re.search(r"PDL identity, largest error: (\S+)", out)
+    assert float(m[1]) < 1e-12, out
+    m = re.search(r"KL per step / delta: (\S+)", out)
+    assert float(m[1]) == 1.0, out
+
+
 def test_every_python_block_has_one_check():
     for index, block in enumerate(blocks("python")):
         assert sum(marker in block for marker in CHECKS) == 1, f"README python block {index}"
