@@ -1,6 +1,7 @@
 """The columns a run logs, from the declarations of its parts: the diagnostics of every step
 (``diagnostics.STEP_COLUMNS``), the rule's own (``RuleSpec.columns``), the regularised return of
-rules with a temperature ``tau``, the optional groups of ``diagnostics``, the pass@k columns of binary-reward environments, and the
+rules with a temperature ``tau``, the optional groups a config names in ``diagnostics``
+(``diagnostics.DIAGNOSTICS``), the pass@k columns of binary-reward environments, and the
 covariance law's error statistics the summaries derive (``summary.DERIVED_COLUMNS``)."""
 
 from __future__ import annotations

@@ -147,8 +147,9 @@ def second_order(ev: Evaluation, dz: Array, dH_pred_cov: Array, kl_quad: Array) 
     """The ``second_order`` columns (``SECOND_ORDER_COLUMNS``) of the logit change ``dz: [S, A]``
     from ``pi_k`` (docs/theory.md §8), given the step's ``dH_pred_cov`` and ``kl_quad``."""
     varentropy = jnp.sum(ev.occ * softmax.var(ev.pi, ev.log_pi))
+    term = softmax.second_order_term(ev.pi, ev.log_pi, dz)  # [S]
     return {
-        "dH_pred_2nd": dH_pred_cov + jnp.sum(ev.occ * softmax.second_order_term(ev.pi, ev.log_pi, dz)),
+        "dH_pred_2nd": dH_pred_cov + jnp.sum(ev.occ * term),
         "varentropy": varentropy,
         "dH_cov_bound": jnp.sqrt(2.0 * jnp.maximum(kl_quad, 0.0) * varentropy),
     }

@@ -856,15 +856,23 @@ def policy_step(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch: i
                        "clip_frac_high": jnp.mean(tok.clipped & (tok.adv > 0), dtype=th.dtype),
                        **aux}
 
-    stats = []
-    for epoch in range(epochs):
+    def one_pass(carry, epoch):
+        """One pass over the batch: an optimiser step per mini-batch. Columns ``[mini_batches]``."""
+        theta, opt_state = carry
+        stats = []
         for j in range(mini_batches):
             part, part_adv = mini_batch(ctx, adv, j, mini_batches)
             k = jax.random.fold_in(k_select, epoch * mini_batches + j)
             direction, aux = jax.grad(objective, has_aux=True)(theta, k, part, part_adv)
             theta, opt_state = apply_direction(opt, theta, opt_state, direction)
             stats.append(aux)
-    info.update(jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *stats))
+        return (theta, opt_state), jax.tree.map(lambda *x: jnp.stack(x), *stats)
+
+    if epochs == 1:
+        (theta, opt_state), stats = one_pass((theta, opt_state), 0)
+    else:  # a loop, not `epochs` copies of the pass: the program compiles in the time of one
+        (theta, opt_state), stats = jax.lax.scan(one_pass, (theta, opt_state), jnp.arange(epochs))
+    info.update(jax.tree.map(jnp.mean, stats))
     info["dH_pred_closed"] = jnp.full((), jnp.nan, theta.dtype)
     if not carrying:
         return theta, opt_state, info

@@ -125,7 +125,8 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
     ``{name: {stat: [G, length // log_every]}}`` (``summary.over_seeds``).
     ``options``: the rule's static options as sorted ``(name, value)`` pairs; ``lay``: the
     device layout and seed block size (``sharding.py``); ``grid_rows``: the grid points of a full
-    batch (the arrays hold padding rows too: ``sharding.layout``)."""
+    batch (the arrays hold padding rows too: ``sharding.layout``); ``diagnostics``: the optional
+    column groups (``diagnostics.DIAGNOSTICS``)."""
     one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options,
                             diagnostics=diagnostics)
     per_seed = _per_seed(one, env_per_seed)

@@ -64,7 +64,8 @@ def test_a_new_hyperparameter_value_reuses_the_compiled_chunk():
     cfg = small_config(seeds=2, steps=6, algo={"name": "npg", "eta": [0.11, 0.12]})
     es.run(cfg, progress=False)
     plan = runner.make_plan(es.build(es.Config(cfg)))
-    fn = runner.compiled_chunk("npg", "sgd", (), False, 6, 1, (), None, plan.layout, plan.grid_rows)
+    fn = runner.compiled_chunk("npg", "sgd", (), False, 6, 1, (), None, plan.layout, plan.grid_rows,
+                               ())  # as the runner calls it: no optional diagnostics
     before = fn._cache_size()
     es.run({**cfg, "algo": {"name": "npg", "eta": [0.7, 0.9]}}, progress=False)
     es.run({**cfg, "seed": 5, "env": {"kind": "bandit", "means": [0.3, 0.2, 0.9]}}, progress=False)
@@ -155,3 +156,4 @@ def test_covariance_prediction_tracks_realized_change_with_correlation_above_099
     assert np.corrcoef(df.dH_pred_cov, df.dH_realized)[0, 1] > 0.999
     # and the closed form of NPG is the same prediction
     np.testing.assert_allclose(df.dH_pred_closed, df.dH_pred_cov, rtol=1e-3, atol=1e-7)
+
