@@ -162,6 +162,17 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
     return jax.jit(chunk, donate_argnums=0)
 
 
+def clear_compiled() -> None:
+    """Drop every compiled program entropy_sim and JAX hold in this process (the next run
+    compiles anew). A long session of unrelated runs (``python -m experiments all``) calls it
+    between experiments, so memory holds one experiment's programs, not every one's."""
+    from entropy_sim import experiment
+
+    for cache in (compiled_chunk, compiled_init, experiment._over_keys):
+        cache.cache_clear()
+    jax.clear_caches()
+
+
 def chunk_budget(lay: sharding.Layout) -> int:
     """Bytes of per-seed metrics one chunk may hold: ``CHUNK_BYTES`` on a CPU; on accelerators
     ``1 / ACCELERATOR_CHUNK_SHARE`` of each device's memory (summed over the mesh), so a GPU runs

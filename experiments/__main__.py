@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from entropy_sim import runner
 from experiments.common import EXPERIMENTS, main
 
 
@@ -47,6 +48,7 @@ def cli(argv=None) -> int:
                 failed.append(f"{name}.{key}")
             held += row["holds"] is True
         print(f"   wrote {args.out / name}/ in {time.perf_counter() - start:.0f} s", flush=True)
+        runner.clear_compiled()  # the next experiment shares no program with this one
     print(f"claims: {held} hold, {len(failed)} fail ({len(names)} experiment"
           f"{'s' if len(names) != 1 else ''})", flush=True)
     if failed:

@@ -81,8 +81,8 @@ QUICK_TESTS = {
 # The longest test files (measured), run first: pytest-xdist hands whole files to its workers in
 # collection order, and a long file started last would leave the other worker idle while it ends.
 LONGEST_FIRST = ("test_scale.py", "test_experiments.py", "test_readme.py", "test_notebooks.py",
-                 "test_algorithms_cli.py", "test_framework_rules.py", "test_sampled.py",
-                 "test_runner.py", "test_sweeps.py", "test_results_folder.py")
+                 "test_algorithms_cli.py", "test_framework_rules.py", "test_trust_region.py",
+                 "test_sampled.py", "test_runner.py", "test_sweeps.py", "test_results_folder.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -129,13 +129,9 @@ def pytest_sessionfinish(session):
 
 def free_compiled_programs() -> None:
     """Drop every compiled program this process holds (entropy_sim's caches and JAX's)."""
-    import jax
+    from entropy_sim import runner
 
-    from entropy_sim import experiment, runner
-
-    for cache in (runner.compiled_chunk, runner.compiled_init, experiment._over_keys):
-        cache.cache_clear()
-    jax.clear_caches()
+    runner.clear_compiled()
     gc.collect()
 
 
