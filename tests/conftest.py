@@ -80,9 +80,10 @@ QUICK_TESTS = {
 
 # The longest test files (measured), run first: pytest-xdist hands whole files to its workers in
 # collection order, and a long file started last would leave the other worker idle while it ends.
-LONGEST_FIRST = ("test_scale.py", "test_experiments.py", "test_readme.py", "test_notebooks.py",
-                 "test_algorithms_cli.py", "test_framework_rules.py", "test_trust_region.py",
-                 "test_sampled.py", "test_runner.py", "test_sweeps.py", "test_results_folder.py")
+LONGEST_FIRST = ("test_experiments_rest.py", "test_experiments.py", "test_scale.py",
+                 "test_readme.py", "test_notebooks.py", "test_algorithms_cli.py",
+                 "test_framework_rules.py", "test_trust_region.py", "test_sampled.py",
+                 "test_runner.py", "test_sweeps.py", "test_results_folder.py")
 
 
 def pytest_collection_modifyitems(config, items):
