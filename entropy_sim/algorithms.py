@@ -14,8 +14,8 @@ from entropy_sim.diagnostics import TEMPERATURE_COLUMNS
 from entropy_sim.objectives import (BATCH_COLUMNS, ETA, adaptive_entropy, aepo_regulariser,
                                     cispo_weight, clip_cov_tokens, dual_clip, dynamic_sampling,
                                     entropy_bonus, entropy_shaping, forking_tokens, group_centred,
-                                    group_normalised, gspo_clip, kl_cov_tokens, reference_kl,
-                                    plain_ratio, policy_rule, ppo_clip, sapo_gate, sign_weighted,
+                                    group_normalised, gspo_clip, kl_cov_tokens, plain_ratio,
+                                    policy_rule, ppo_clip, reference_kl, sapo_gate, sign_weighted,
                                     signed_reward, with_defaults)
 from entropy_sim.parts import Column, Hparam, Option, RuleSpec
 from entropy_sim.sampling import BASELINES
@@ -54,6 +54,7 @@ def _sgd_only(values: dict, num_actions: int) -> None:
     if values["optimizer"] != "sgd":
         raise ConfigError("algo.optimizer", "this rule sets its own step size and applies "
                                             f"it as it is: use sgd, got {values['optimizer']!r}")
+
 
 RULES: dict[str, RuleSpec] = {}
 

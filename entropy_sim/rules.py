@@ -125,8 +125,8 @@ def trust_region_step(ev: Evaluation, delta: Array) -> Array:
     ``eta``, ``d KL / d eta = eta Var_{pi_eta}(A)``), by bisection on ``log eta`` in ``e^-20`` to
     ``e^20`` times ``quadratic_step``. Where even the upper end's KL is below ``delta`` (the
     greedy limit: ``KL -> sum_s d(s) (-log pi(argmax A | s))``) it is that end. ``[]``."""
-    centre = jnp.log(jnp.where(jnp.isfinite(quadratic_step(ev, delta)),
-                               quadratic_step(ev, delta), 1.0))
+    quadratic = quadratic_step(ev, delta)
+    centre = jnp.log(jnp.where(jnp.isfinite(quadratic), quadratic, 1.0))
 
     def halve(i, bounds):
         lo, hi = bounds

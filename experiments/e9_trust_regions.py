@@ -9,14 +9,16 @@ The performance-difference lemma ``J(pi') - J(pi) = h sum_s d'(s) sum_a pi'(a|s)
 to float64 rounding; the surrogate's gap, the occupancy shift and the first-order entropy change
 stay within their bounds at every step; in an MDP the occupancy-shift part of the entropy change
 is first order (its share of the change does not shrink with the step), and on a chain MDP it
-outweighs the change within states while the surrogate misses most of the improvement. The second-order
-entropy prediction's error is third order in ``eta`` (slope 3), the first-order one's second.
+outweighs the change within states while the surrogate misses most of the improvement. The
+second-order entropy prediction's error is third order in ``eta`` (slope 3), the first-order
+one's second.
 
 Set-up: Garnet MDPs (20 states, 4 actions, gamma = 0.9, one per seed) from Gaussian logits, in
 float64: ``trust_region`` at ``delta`` = 0.001 and 0.01, ``npg`` at ``eta = 1``, ``kl_penalty``
 (``delta = 0.001``, dual step 100), ``natural_gradient`` (``delta = 0.001``), 200 seeds x 60
 steps; the trust region on an 8-state chain (gamma = 0.95) from the uniform policy at ``delta``
-= 0.01 and 0.1; one NPG step on 10-armed bandits at seven step sizes from 0.001 to 0.1 (e1's set-up).
+= 0.01 and 0.1; one NPG step on 10-armed bandits at seven step sizes from 0.001 to 0.1 (e1's
+set-up).
 
 Expected outcome (full size): the trust region's KL equals ``delta`` to 1e-9 on every step where
 the policy still has entropy; NPG's KL falls by orders of magnitude over the run; the KL penalty's
@@ -57,7 +59,7 @@ CHECKS = {
     "occ_tv_over_bound_max": (0.0, 1.0),
     "cov_over_bound_max": (0.0, 1.0 + 1e-9),       # |dH_pred_cov| / dH_cov_bound
     "realized_within_bound_frac": (0.95, 1.0),     # |dH_realized| <= dH_cov_bound
-    "shift_share_ratio_across_budgets": (0.5, 2.0),  # median |shift|/|within| at step 0, 0.001 over 0.01
+    "shift_share_ratio_across_budgets": (0.5, 2.0),  # median |shift|/|within|, step 0: 0.001 / 0.01
     "shift_share_small_budget": (0.05, None),      # that median at delta = 0.001
     "chain_gap_over_dj_median": (0.3, None),      # chain, delta = 0.1: |surrogate_gap| / |dJ|
     "chain_shift_over_within_median": (0.5, None),  # chain, delta = 0.01: |dH_shift| / |dH_within|
