@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_VAR = "ENTROPY_SIM_COMPILATION_CACHE"
+OWNER_VAR = "ENTROPY_SIM_TEST_CACHE_OWNER"  # set by the process that made the scratch cache
 # ENTROPY_SIM_TEST_MEMORY=1: print each test process's peak resident memory at the end of the run.
 MEMORY_VAR = "ENTROPY_SIM_TEST_MEMORY"
 MEMORY_KEY = "entropy_sim_peak_rss_mb"
@@ -98,16 +99,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
-    """The command line caches compiled programs in the user's cache folder; tests (in this
-    process and every subprocess they start) use a scratch folder instead, removed at the end."""
-    config._entropy_sim_cache = tempfile.mkdtemp(prefix="entropy-sim-test-jax-cache-")
-    os.environ[CACHE_VAR] = config._entropy_sim_cache
+    """The command line caches compiled programs in the user's cache folder; tests use one
+    scratch folder instead, shared by every process of the run (pytest-xdist's workers inherit
+    the controller's) and removed at the end. The tests' own processes cache in it too: a test
+    file's programs are freed when it ends (``_free_programs_after_each_file``), and a later file, or the
+    other worker, that runs the same program loads it (the same executable, so the same bits)
+    instead of compiling it again."""
+    from entropy_sim import compile_cache
+
+    if OWNER_VAR not in os.environ:  # the controller, or a run without workers
+        config._entropy_sim_cache = tempfile.mkdtemp(prefix="entropy-sim-test-jax-cache-")
+        os.environ[CACHE_VAR] = config._entropy_sim_cache
+        os.environ[OWNER_VAR] = str(os.getpid())
+    compile_cache.enable_compilation_cache(os.environ[CACHE_VAR])
 
 
 def pytest_unconfigure(config):
     folder = getattr(config, "_entropy_sim_cache", None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(OWNER_VAR, None)
 
 
 def pytest_sessionfinish(session):

@@ -57,7 +57,9 @@ def test_run_records_versions_devices_start_and_wall_time():
     first = jax.devices()[0]
     assert rec["devices"] == {"platform": first.platform, "kind": first.device_kind, "count": 1}
     assert rec["command"] is None and rec["cwd"] is None and rec["resumed_units"] == 0
-    assert rec["compilation_cache"] is None  # the Python API leaves JAX's cache alone
+    # The Python API leaves JAX's cache alone and records the one in use: None in a fresh process,
+    # the test session's scratch folder here (conftest.py).
+    assert rec["compilation_cache"] == compile_cache.active_dir()
     json.dumps(rec)  # all JSON
 
 
@@ -230,8 +232,11 @@ def test_cli_in_process_restores_jax_cache_settings_and_importing_changes_none(t
                                                                               monkeypatch):
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
-    before = {n: getattr(jax.config, n) for n in names}
-    assert before["jax_compilation_cache_dir"] is None  # import entropy_sim set nothing
+    before = {n: getattr(jax.config, n) for n in names}  # the test session's own cache
+    imported = subprocess.run(  # import entropy_sim, in a fresh process, sets no cache
+        [sys.executable, "-c", "import entropy_sim, jax; print(jax.config.jax_compilation_cache_dir)"],
+        capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "None"
     monkeypatch.setenv("ENTROPY_SIM_COMPILATION_CACHE", str(tmp_path / "cache"))
     config = write_config(tmp_path)
     assert cli.main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 0
@@ -240,7 +245,9 @@ def test_cli_in_process_restores_jax_cache_settings_and_importing_changes_none(t
     assert saved["compilation_cache"] == str((tmp_path / "cache").resolve())
     monkeypatch.setenv("ENTROPY_SIM_COMPILATION_CACHE", "0")
     assert cli.main(["run", str(config), "--out", str(tmp_path / "off"), "--quiet"]) == 0
-    assert json.loads((tmp_path / "off" / "run.json").read_text())["compilation_cache"] is None
+    # Off: the command line turns none on; what it records is what JAX had (this session's).
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["compilation_cache"] == \
+        before["jax_compilation_cache_dir"]
 
 
 def cli_run(config, out, cache, **extra_env):
