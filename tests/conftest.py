@@ -102,9 +102,9 @@ def pytest_configure(config):
     """The command line caches compiled programs in the user's cache folder; tests use one
     scratch folder instead, shared by every process of the run (pytest-xdist's workers inherit
     the controller's) and removed at the end. The tests' own processes cache in it too: a test
-    file's programs are freed when it ends (``_free_programs_after_each_file``), and a later file, or the
-    other worker, that runs the same program loads it (the same executable, so the same bits)
-    instead of compiling it again."""
+    file's programs are freed when it ends (``_free_programs_after_each_file``), and a later
+    file, or the other worker, that runs the same program loads it (the same executable, so the
+    same bits) instead of compiling it again."""
     from entropy_sim import compile_cache
 
     if OWNER_VAR not in os.environ:  # the controller, or a run without workers
