@@ -131,23 +131,22 @@ def run(ctx: Context) -> dict[str, float]:
     claims["second_order_error_slope"] = slope(etas, err2.loc[etas].values)
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    ax = axes[0]
-    for i, (d, g) in enumerate(tr.groupby("delta")):
-        ax.plot(g.groupby("step").entropy.mean(), color=OKABE_ITO[i], label=f"trust region δ = {d:g}")
-    ax.plot(npg.groupby("step").entropy.mean(), color=OKABE_ITO[2], label="NPG η = 1")
-    ax.plot(kp.groupby("step").entropy.mean(), color=OKABE_ITO[3], linestyle="--",
-            label="KL penalty (dual), δ = 0.001")
-    ax.set(xlabel="step", ylabel="entropy H(π) [nats]", title="Entropy: a KL budget per step")
-    ax.legend(frameon=False, fontsize=8)
 
-    ax = axes[1]
-    for i, (d, g) in enumerate(tr.groupby("delta")):
-        ax.semilogy(g.groupby("step").kl.median(), color=OKABE_ITO[i], label=f"trust region δ = {d:g}")
-    ax.semilogy(npg.groupby("step").kl.median(), color=OKABE_ITO[2], label="NPG η = 1")
-    ax.semilogy(kp.groupby("step").kl.median(), color=OKABE_ITO[3], linestyle="--",
-                label="KL penalty (dual)")
-    ax.set(xlabel="step", ylabel="median KL(πₖ₊₁ ‖ πₖ) [nats]", title="The KL each step spends")
-    ax.legend(frameon=False, fontsize=8)
+    def per_step(ax, column: str, stat: str, draw: str) -> None:
+        """``column``'s ``stat`` over seeds at every step, for each run of the comparison."""
+        curves = [(g, f"trust region δ = {d:g}", {}) for d, g in tr.groupby("delta")]
+        curves += [(npg, "NPG η = 1", {}),
+                   (kp, "KL penalty (dual), δ = 0.001", {"linestyle": "--"})]
+        for i, (frame, label, style) in enumerate(curves):
+            getattr(ax, draw)(frame.groupby("step")[column].agg(stat), color=OKABE_ITO[i],
+                              label=label, **style)
+        ax.legend(frameon=False, fontsize=8)
+
+    per_step(axes[0], "entropy", "mean", "plot")
+    axes[0].set(xlabel="step", ylabel="entropy H(π) [nats]", title="Entropy: a KL budget per step")
+    per_step(axes[1], "kl", "median", "semilogy")
+    axes[1].set(xlabel="step", ylabel="median KL(πₖ₊₁ ‖ πₖ) [nats]",
+                title="The KL each step spends")
 
     ax = axes[2]
     # Steps of kl_quad below 1 nat (a saturated trust region's huge eta on vanishing advantages
