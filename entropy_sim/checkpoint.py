@@ -7,8 +7,11 @@ only on the seed's key and ``t``, and the state is stored bit for bit, so a resu
 results identical to an uninterrupted one.
 
 Files (each written under a temporary name and renamed): ``manifest.json`` (the resolved config, the
-plan and the units done; written last), ``unit-B-C.npz`` (outputs) and ``state-B-C.npz`` (the state
-after unit ``C`` of grid batch ``B``; only the latest per batch is kept). The folder is created
+plan and the units done; written last), ``unit-B-C.npz`` (the statistics over seeds),
+``state-B-C.npz`` (the state after unit ``C`` of grid batch ``B``; only the latest per batch is
+kept) and, in full mode, ``metrics.parquet/part-000-B-C.parquet`` (the unit's per-seed rows,
+``store.py``; written first). A unit counts as done once the manifest lists it: one whose part
+was written when the run was killed is computed again, and its part replaced. The folder is created
 when the first unit completes: a run that stops before then leaves none.
 """
 
@@ -27,8 +30,9 @@ import numpy as np
 class Checkpoint:
     """The progress folder of one run (see the module docstring)."""
 
-    def __init__(self, folder, config: dict, plan):
+    def __init__(self, folder, config: dict, plan, constants: dict | None = None):
         self.folder = Path(folder)
+        self.constants = dict(constants or {})  # the static fields a sweep set for this run
         self.signature = {"config": config, "grid_batches": [list(b) for b in plan.grid_batches],
                           "chunks": [list(c) for c in plan.chunks]}
         self.done: list[tuple[int, int]] = []
@@ -45,16 +49,22 @@ class Checkpoint:
         # before then (a late config error, a non-finite step 0, Ctrl-C) leaves nothing behind.
 
     @property
+    def rows_folder(self) -> Path:
+        """Where the per-seed rows of a full-mode run go (``store.write_part``)."""
+        return self.folder / "metrics.parquet"
+
+    @property
     def total_units(self) -> int:
         return len(self.signature["grid_batches"]) * len(self.signature["chunks"])
 
     def completed(self) -> dict[tuple[int, int], dict]:
-        """``{(batch, chunk): output}`` of the units already done."""
+        """``{(batch, chunk): statistics}`` of the units already done."""
         return {u: _unflatten(np.load(self._unit(*u))) for u in self.done}
 
     def save(self, batch: int, chunk: int, state, out: dict) -> None:
-        """Record unit ``(batch, chunk)``: its output, the state after it (host arrays of the real
-        grid points and seeds, so any device layout can resume it), then the manifest."""
+        """Record unit ``(batch, chunk)``: its statistics over seeds ``out``, the state after it
+        (host arrays of the real grid points and seeds, so any device layout can resume it),
+        then the manifest."""
         self.folder.mkdir(parents=True, exist_ok=True)
         _atomic_savez(self._unit(batch, chunk), _flatten(out))
         leaves = jax.tree.leaves(state)

@@ -229,14 +229,17 @@ def metric_columns(config: Config) -> list[str]:
 
 def binary_rewards(env: dict) -> bool:
     """Whether every reward of the resolved ``[env]`` table is 0 or 1 (as the runner decides
-    from the built environments: MDPs never, token trees always)."""
+    from the built environments: MDPs never, token trees always; a kind registered in user code
+    is assumed to have them, so that its plan lists every column it may log)."""
     if env["kind"] == "mdp":
         return False
     if env["kind"] == "token_tree":
         return True
     values = env.get("means", env.get("r"))
     if values is None:
-        gen = env["generator"]
+        gen = env.get("generator")
+        if gen is None:  # a kind registered by the user: its columns as if every reward were 0/1
+            return True
         if gen in ("bernoulli", "verifiable"):
             return True
         values = [env["low"], env["high"]] if gen == "uniform" else [env["loc"]]

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # without a display, matplotlib picks its Agg b
 import numpy as np
 import pandas as pd
 
+from entropy_sim.results import load
+
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
 STYLE = {
@@ -119,7 +121,7 @@ def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
     if metrics:
         return [_plot_metrics(out, config, summary, list(metrics), fmt)]
     full = (out / "metrics.parquet").exists()  # a summary-mode folder has no per-seed rows
-    metrics = pd.read_parquet(out / "metrics.parquet") if full else None
+    metrics = load(out).read_metrics(["dH_pred_cov", "dH_realized"]) if full else None
     keys = grid_columns(summary)
     title = _title(config)
     figures = out / "figures"

@@ -1,7 +1,7 @@
 """Results: tidy pandas tables, the summary over seeds, and atomic result folders.
 
-A result folder holds ``metrics.parquet`` (one row per grid point, seed and logged step; full
-mode), ``summary.parquet`` (per grid point, step and metric: mean and 95% intervals over seeds),
+A result folder holds ``metrics.parquet/`` (one row per grid point, seed and logged step; full
+mode; a folder of Parquet parts, one per chunk of steps, ``store.py``), ``summary.parquet`` (per grid point, step and metric: mean and 95% intervals over seeds),
 ``final_policy.parquet`` (full mode: the logits and probabilities of every seed's last policy
 ``pi_T``) or ``final_policy_summary.parquet`` (summary mode: their statistics over seeds),
 ``config.json`` (the resolved config) and ``run.json`` (provenance: versions, git commit, devices,
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from entropy_sim import store
 from entropy_sim.config import Config
-from entropy_sim.diagnostics import NAN_ALLOWED
-from entropy_sim.summary import quantile_name, with_derived
+from entropy_sim.summary import quantile_name
 
 # Column order of metrics tables: identifiers, then the covariance law, then the rest.
 LEADING = ("seed", "step", "entropy", "dH_realized", "dH_pred_cov", "dH_pred_closed", "dH_within",
@@ -44,16 +44,20 @@ class Results:
 
     Attributes:
       config: the resolved config.
-      arrays: ``{metric: [G, N, T]}`` per-seed arrays (grid point, seed, logged step); None when the
-        run kept only statistics over seeds (``output = "summary"``). With ``on_nonfinite = "mark"``
-        the boolean ``nonfinite`` flags rows with a NaN or infinite metric.
+      arrays: ``{metric: [G, N, T]}`` per-seed arrays (grid point, seed, logged step) of a full-mode
+        run held in memory; None when the run kept only statistics over seeds
+        (``output = "summary"``) or wrote its rows to disk as it went (``rows_folder``). With
+        ``on_nonfinite = "mark"`` the boolean ``nonfinite`` flags rows with a NaN or infinite
+        metric.
       steps: ``[T]`` the step index of each logged step.
       swept: the swept hyperparameter values of each of the ``G`` grid points.
       final_theta: ``[G, N, S, A]`` logits after the last step.
-      stats: ``{metric: {stat: [G, T]}}`` statistics over seeds computed during the run (summary
-        mode), else None.
+      stats: ``{metric: {stat: [G, T]}}`` statistics over seeds, computed during the run on the
+        devices (either mode).
       provenance: versions, git commit, devices, start and wall time of the run
         (``provenance.collect``); ``run.json`` of the saved folder. None if unknown.
+      rows_folder: the Parquet parts of a full-mode run that streamed its rows to disk (a run
+        with a ``checkpoint`` folder, as every ``entropy-sim run``; ``store.py``), else None.
     """
 
     config: Config
@@ -63,13 +67,47 @@ class Results:
     final_theta: np.ndarray
     stats: dict | None = None
     provenance: dict | None = None
+    rows_folder: Path | None = None
 
     @property
     def metrics(self) -> pd.DataFrame:
         """One row per (grid point, seed, step): swept hyperparameters, ``seed``, ``step``, metrics."""
-        if self.arrays is None:
+        return self.read_metrics()
+
+    def read_metrics(self, columns=None, *, seeds=None, steps=None, where=None) -> pd.DataFrame:
+        """A selection of ``metrics``: the metric ``columns`` (identifiers always come), the seed
+        indices ``seeds`` and the step values ``steps`` (each a ``range``, list or slice; a slice
+        ``slice(a, b)`` keeps ``a <= value < b``), and the grid points ``where`` the swept fields
+        have the given values (``{"eta": 0.1}``). Rows streamed to disk are read part by part,
+        so a selection of a run larger than memory fits in memory."""
+        if self.arrays is None and self.rows_folder is None:
             raise ValueError('this run kept only statistics over seeds (output = "summary"); use '
                              '.summary(), or run with output = "full" for per-seed rows')
+        if self.arrays is None:
+            return store.read(self.rows_folder, columns, seeds=seeds, steps=steps, where=where)
+        return self.select(self._frame(), columns, seeds, steps, where)
+
+    @staticmethod
+    def select(frame: pd.DataFrame, columns=None, seeds=None, steps=None, where=None):
+        """The rows and columns of a metrics table ``frame`` that ``read_metrics`` selects."""
+        if columns is not None:
+            unknown = [c for c in columns if c not in frame.columns]
+            if unknown:
+                raise ValueError(f"unknown column(s) {unknown}; the run has {list(frame.columns)}")
+            ids = list(frame.columns[:frame.columns.get_loc("step") + 1])
+            frame = frame[ids + [c for c in columns if c not in ids]]
+        keep = np.ones(len(frame), bool)
+        if seeds is not None:
+            keep &= store.select(frame["seed"].to_numpy(), seeds)
+        if steps is not None:
+            keep &= store.select(frame["step"].to_numpy(), steps)
+        for name, value in (where or {}).items():
+            if name not in frame.columns:
+                raise ValueError(f"where: {name!r} is not a swept field of this run")
+            keep &= frame[name].to_numpy() == value
+        return frame if keep.all() else frame[keep].reset_index(drop=True)
+
+    def _frame(self) -> pd.DataFrame:
         num_grid, num_seeds, num_steps = next(iter(self.arrays.values())).shape
         rows = num_grid * num_seeds * num_steps
         cols: dict[str, np.ndarray] = {}
@@ -87,9 +125,7 @@ class Results:
         config's ``quantiles`` (default ``q025``, ``median``, ``q975``), and ``n``, the seeds counted
         (those whose metrics are all finite). Includes the covariance law's error metrics
         ``cov_error``, ``cov_abs_error``, ``cov_sign_agree``. Tidy (long) format."""
-        if self.stats is not None:
-            return stats_frame(self.stats, self.steps, self.swept, self.config["quantiles"])
-        return summarize(self.arrays, self.steps, self.swept, tuple(self.config["quantiles"]))
+        return stats_frame(self.stats, self.steps, self.swept, self.config["quantiles"])
 
     @property
     def final_policy(self) -> pd.DataFrame:
@@ -108,7 +144,7 @@ class Results:
         return np.asarray(self.final_theta, dtype=self.config["dtype"])
 
     def save(self, out_dir, *, overwrite: bool = False) -> Path:
-        """Write the result folder atomically: ``metrics.parquet`` and ``final_policy.parquet``
+        """Write the result folder atomically: ``metrics.parquet/`` and ``final_policy.parquet``
         (full mode) or ``final_policy_summary.parquet`` (summary mode), ``summary.parquet``,
         ``config.json`` and ``run.json`` (``provenance``; versions and git only if None)."""
         return save_folder(self, out_dir, overwrite=overwrite)
@@ -123,40 +159,26 @@ def save_folder(results, out_dir, *, overwrite: bool = False) -> Path:
     record = results.provenance if results.provenance is not None else provenance.collect()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if results.config["output"] == "full":
-            results.metrics.to_parquet(tmp / "metrics.parquet", index=False)
-            results.final_policy.to_parquet(tmp / "final_policy.parquet", index=False)
+            write_rows(results, tmp / "metrics.parquet")
+            store.write_table(results.final_policy, tmp / "final_policy.parquet")
         else:
-            results.final_policy_summary().to_parquet(tmp / "final_policy_summary.parquet",
-                                                      index=False)
-        results.summary().to_parquet(tmp / "summary.parquet", index=False)
+            store.write_table(results.final_policy_summary(), tmp / "final_policy_summary.parquet")
+        store.write_table(results.summary(), tmp / "summary.parquet")
         (tmp / "config.json").write_text(json.dumps(results.config.to_dict(), indent=2) + "\n")
         (tmp / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
-def summarize(arrays: dict[str, np.ndarray], steps: np.ndarray, swept: list[dict],
-              quantiles=(0.025, 0.5, 0.975)) -> pd.DataFrame:
-    """Summary over the seed axis of ``{metric: [G, N, T]}``; see ``Results.summary``. Rows flagged
-    ``nonfinite`` (or with a non-finite metric) are left out, as in the in-scan summary."""
-    arrays = dict(arrays)
-    flags = arrays.pop("nonfinite", None)
-    arrays = with_derived(arrays)
-    bad = np.zeros(next(iter(arrays.values())).shape, bool) if flags is None else flags.copy()
-    for name, values in arrays.items():
-        if name not in NAN_ALLOWED:
-            bad |= ~np.isfinite(values)
-    stats = {}
-    n = np.sum(~bad, axis=1).astype(np.float64)
-    for name, values in arrays.items():
-        x = np.where(bad, np.nan, values.astype(np.float64))
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(x, axis=1) if bad.any() else x.mean(axis=1)
-            std = np.sqrt(np.nansum((x - mean[:, None]) ** 2, axis=1) / np.maximum(n - 1, 1))
-            qs = np.nanquantile(x, quantiles, axis=1) if bad.any() else np.quantile(x, quantiles, axis=1)
-        stats[name] = {"mean": mean, "std": std, "n": n}
-        stats[name].update({quantile_name(p): q for p, q in zip(quantiles, qs)})
-    return stats_frame(stats, steps, swept, quantiles)
+def write_rows(results, folder: Path) -> None:
+    """The per-seed rows of ``results`` (``Results`` or ``sweeps.SweepResults``) as the Parquet
+    parts of ``folder``: parts streamed during the run are linked, rows in memory written (one
+    part per run)."""
+    runs = results.runs if hasattr(results, "runs") else [({}, results)]
+    for r, (values, res) in enumerate(runs):
+        if res.rows_folder is not None:  # parts hold the static fields of a sweep already
+            store.link_parts([(res.rows_folder, r)], folder)
+        else:
+            store.write_part(folder, (r, 0, 0), res.arrays, res.swept, res.steps, values)
 
 
 def stats_frame(stats: dict, steps: np.ndarray, swept: list[dict], quantiles) -> pd.DataFrame:
@@ -240,7 +262,9 @@ class ResultFolder:
       path: the folder.
       config: the resolved config (dict, as ``config.json``).
       provenance: ``run.json`` as a dict; None for folders written before it existed.
-      metrics: ``metrics.parquet``; raises ``ValueError`` for a summary-mode folder.
+      metrics: ``metrics.parquet`` (a folder of Parquet parts, ``store.py``), in the order of
+        ``Results.metrics``; raises ``ValueError`` for a summary-mode folder.
+      read_metrics(columns, seeds=, steps=, where=): a selection of it, read part by part.
       summary(): ``summary.parquet``.
       final_policy: ``final_policy.parquet``, the last policy of every seed (full mode); raises
         ``ValueError`` for a summary-mode folder or one written before it existed.
@@ -266,8 +290,18 @@ class ResultFolder:
 
     @functools.cached_property
     def metrics(self) -> pd.DataFrame:
-        return pd.read_parquet(self._table("metrics.parquet", 'use .summary(); this run kept '
-                                           'only statistics over seeds (output = "summary")'))
+        return self.read_metrics()
+
+    def read_metrics(self, columns=None, *, seeds=None, steps=None, where=None) -> pd.DataFrame:
+        """A selection of ``metrics``, read part by part; see ``Results.read_metrics``."""
+        path = self.path / "metrics.parquet"
+        if not path.exists():
+            raise ValueError(f'{self.path} has no metrics.parquet; use .summary(); this run kept '
+                             f'only statistics over seeds (output = "summary")')
+        if path.is_dir():
+            return store.read(path, columns, seeds=seeds, steps=steps, where=where)
+        frame = pd.read_parquet(path)  # a folder written before rows were streamed
+        return Results.select(frame, columns, seeds, steps, where)
 
     def summary(self) -> pd.DataFrame:
         return pd.read_parquet(self.path / "summary.parquet")

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import warnings
 
-from entropy_sim import prng, sharding, summary
+from entropy_sim import prng, sharding, store, summary
 from entropy_sim.diagnostics import (NAN_ALLOWED, improvement, pass_at_k, second_order,
                                      step_metrics)
 from entropy_sim.envs.base import Evaluation
@@ -116,20 +116,22 @@ def compiled_init(rule: str, opt_name: str, env_per_seed: bool, lay: sharding.La
 
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_seed: bool,
-                   length: int, log_every: int, options: tuple, quantiles: tuple | None,
-                   lay: sharding.Layout, grid_rows: int, diagnostics: tuple[str, ...] = ()):
-    """The jitted chunk ``(state, env, hp, t0, real, trips) -> (state, out)``: ``length`` steps from step
-    ``t0``, logging every ``log_every``-th. ``out`` is ``{name: [G, N, length // log_every]}``, or
-    with ``quantiles = (probabilities, metrics)`` (summary mode) the statistics over the seeds
-    where ``real: [N]`` is true,
-    ``{name: {stat: [G, length // log_every]}}`` (``summary.over_seeds``).
+                   length: int, log_every: int, options: tuple, quantiles: tuple,
+                   lay: sharding.Layout, grid_rows: int, diagnostics: tuple[str, ...] = (),
+                   per_seed: bool = False):
+    """The jitted chunk ``(state, env, hp, t0, real, trips) -> (state, out)``: ``length`` steps
+    from step ``t0``, logging every ``log_every``-th. ``out["stats"]`` holds the statistics over
+    the seeds where ``real: [N]`` is true, ``{name: {stat: [G, length // log_every]}}``
+    (``summary.over_seeds`` with ``quantiles = (probabilities, metrics)``), computed here in
+    either mode; with ``per_seed`` (full mode) ``out["seeds"]`` holds the per-seed metrics
+    ``{name: [G, N, length // log_every]}`` too.
     ``options``: the rule's static options as sorted ``(name, value)`` pairs; ``lay``: the
     device layout and seed block size (``sharding.py``); ``grid_rows``: the grid points of a full
     batch (the arrays hold padding rows too: ``sharding.layout``); ``diagnostics``: the optional
     column groups (``diagnostics.DIAGNOSTICS``)."""
     one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options,
                             diagnostics=diagnostics)
-    per_seed = _per_seed(one, env_per_seed)
+    per_seed_step = _per_seed(one, env_per_seed)
     times = lambda t0: t0 + log_every * jnp.arange(length // log_every)  # noqa: E731
 
     def strided(advance, state, t):
@@ -140,7 +142,7 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
         return state, metrics
 
     def block_chunk(state, env, hp, t0):
-        advance = lambda s, t: per_seed(s, env, hp, t)  # noqa: E731
+        advance = lambda s, t: per_seed_step(s, env, hp, t)  # noqa: E731
         state, out = jax.lax.scan(functools.partial(strided, advance), state, times(t0))
         return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
 
@@ -149,15 +151,15 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
 
     def chunk(state, env, hp, t0, real, trips):
         state, out = blocked(state, env, hp, t0, trips)  # {name: [G, N, T]}
-        if quantiles is None:
-            return state, out
-        # Summary mode: statistics over the seeds of every step, computed here, so only they
-        # leave the device; the per-seed values live for one chunk (its size bounds them).
+        # Statistics over the seeds of every step, computed here, so that in summary mode only
+        # they leave the device; the per-seed values live for one chunk (its size bounds them).
         # Every seed of a (grid point, step) goes to one device: the steps are split instead.
         by_step = NamedSharding(lay.mesh, P(None, None, ("grid", "seeds")))
-        out = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x[:grid_rows], by_step), out)
+        split = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x[:grid_rows], by_step),
+                             out)
         real_all = jax.lax.with_sharding_constraint(real, NamedSharding(lay.mesh, P()))
-        return state, summary.over_seeds(out, real_all, quantiles[0], NAN_ALLOWED, quantiles[1])
+        stats = summary.over_seeds(split, real_all, quantiles[0], NAN_ALLOWED, quantiles[1])
+        return state, ({"stats": stats, "seeds": out} if per_seed else {"stats": stats})
 
     return jax.jit(chunk, donate_argnums=0)
 
@@ -236,10 +238,9 @@ def make_plan(exp: Experiment) -> Plan:
 
 def device_columns(cfg) -> int:
     """The per-seed metric columns a chunk holds on the devices: every column the rule logs
-    (pass@k counted, whatever the rewards), and in summary mode the covariance law's error
-    columns too, which full mode computes on the host."""
-    logged = run_columns(RULES[cfg["algo"]["name"]], cfg, binary=True)
-    return len([c for c in logged if cfg["output"] == "summary" or c.name not in DERIVED])
+    (pass@k counted, whatever the rewards) and the covariance law's error columns, from which
+    the chunk computes the statistics over seeds."""
+    return len(run_columns(RULES[cfg["algo"]["name"]], cfg, binary=True))
 
 
 def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Output:
@@ -247,7 +248,10 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
 
     ``checkpoint`` (a ``checkpoint.Checkpoint``) receives the state after every completed unit and
     supplies the units already done, so a killed run resumes where it stopped with identical
-    results. JAX's x64 mode is the run's (``experiment.precision``) while it runs."""
+    results; in full mode it also receives each unit's per-seed rows, written to its folder as a
+    Parquet part (``store.py``) while the next unit computes, so that host memory holds about two
+    chunks of rows whatever the seeds and steps. Without one, full mode keeps every row in memory.
+    JAX's x64 mode is the run's (``experiment.precision``) while it runs."""
     with precision(exp.config["dtype"]):
         return _run_arrays(exp, progress=progress, checkpoint=checkpoint)
 
@@ -255,57 +259,83 @@ def run_arrays(exp: Experiment, *, progress: bool = True, checkpoint=None) -> Ou
 def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
     cfg = exp.config
     plan = make_plan(exp)
-    summary_mode = cfg["output"] == "summary"
-    quantiles = (tuple(cfg["quantiles"]), tuple(cfg["quantile_metrics"])) if summary_mode else None
+    full = cfg["output"] == "full"
+    quantiles = (tuple(cfg["quantiles"]), tuple(cfg["quantile_metrics"]))
     opt_name = cfg["algo"]["optimizer"]
     pass_at = tuple(cfg["pass_at"]) if exp.env.binary_rewards() else ()
     options = tuple(sorted(exp.options.items()))
     env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
     num_logged = cfg["steps"] // cfg["log_every"]
-    collect = Collector(exp, num_logged, summary_mode)
+    steps = np.arange(0, cfg["steps"], cfg["log_every"])
+    collect = Collector(exp, num_logged, keep_rows=full and checkpoint is None)
     done = checkpoint.completed() if checkpoint is not None else {}
     bar = _progress(cfg["steps"] * len(plan.grid_batches), exp,
                     progress and len(plan.chunks) * len(plan.grid_batches) > 1)
     final_theta = []
-    for b, (g0, count) in enumerate(plan.grid_batches):
-        hp = {k: _padded(v[g0:g0 + count], plan.grid_size) for k, v in exp.hparams.items()}
-        hp = sharding.place_grid(hp, plan.layout)
-        trips = sharding.replicate(sharding.trips(plan.layout, count), plan.layout)
-        state = compiled_init(exp.rule.name, opt_name, exp.env_per_seed, plan.layout)(
-            theta0, env, hp, keys, trips)
-        resumed = [c for c in range(len(plan.chunks)) if (b, c) in done]
-        if resumed:  # the state after the last completed chunk of this batch (any layout)
-            state = _repad(checkpoint.load_state(b, state), plan.layout)
-        state = sharding.place_state(state, plan.layout)
-        for c, (t0, length) in enumerate(plan.chunks):
-            if c in resumed:
-                collect.add(g0, count, t0, done[(b, c)])
+    with store.Background() as background:
+        for b, (g0, count) in enumerate(plan.grid_batches):
+            hp = {k: _padded(v[g0:g0 + count], plan.grid_size) for k, v in exp.hparams.items()}
+            hp = sharding.place_grid(hp, plan.layout)
+            trips = sharding.replicate(sharding.trips(plan.layout, count), plan.layout)
+            state = compiled_init(exp.rule.name, opt_name, exp.env_per_seed, plan.layout)(
+                theta0, env, hp, keys, trips)
+            resumed = [c for c in range(len(plan.chunks)) if (b, c) in done]
+            if resumed:  # the state after the last completed chunk of this batch (any layout)
+                state = _repad(checkpoint.load_state(b, state), plan.layout)
+            state = sharding.place_state(state, plan.layout)
+            for c, (t0, length) in enumerate(plan.chunks):
+                if c in resumed:
+                    collect.add_stats(g0, t0, done[(b, c)])
+                    bar.update(length)
+                    continue
+                fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length,
+                                    cfg["log_every"], options, quantiles, plan.layout,
+                                    plan.grid_rows, tuple(cfg["diagnostics"]), full)
+                state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), real, trips)
+                out = jax.tree.map(lambda x: x[:count], sharding.to_host(out))
+                rows = None
+                if full:
+                    rows = {k: v[:, :exp.num_seeds] for k, v in out["seeds"].items()}
+                    # The statistics count the non-finite rows; the rows themselves are read
+                    # only to flag them (mark mode) or to name the metrics in the error.
+                    if collect.mark or out["stats"]["nonfinite"]["count"].any():
+                        rows = collect.check_rows(g0, t0, rows)
+                collect.add_stats(g0, t0, out["stats"])
+                if checkpoint is None:
+                    if rows is not None:
+                        collect.add_rows(g0, t0, rows)
+                else:  # real grid points and seeds only; copies, as the next call donates state
+                    saved = jax.tree.map(lambda x: np.array(x[:count, :exp.num_seeds]),
+                                         sharding.to_host(state))
+                    background.submit(_save_unit, checkpoint, b, c, saved, out["stats"], rows,
+                                      exp.swept[g0:g0 + count], steps[t0 // cfg["log_every"]:][
+                                          :length // cfg["log_every"]])
                 bar.update(length)
-                continue
-            fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length,
-                                cfg["log_every"], options, quantiles, plan.layout, plan.grid_rows,
-                                tuple(cfg["diagnostics"]))
-            state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), real, trips)
-            out = jax.tree.map(lambda x: x[:count], sharding.to_host(out))
-            if not summary_mode:
-                out = {k: v[:, :exp.num_seeds] for k, v in out.items()}
-            out = collect.add(g0, count, t0, out)
-            if checkpoint is not None:  # real grid points and seeds only
-                checkpoint.save(b, c, jax.tree.map(lambda x: x[:count, :exp.num_seeds],
-                                                   sharding.to_host(state)), out)
-            bar.update(length)
-        final_theta.append(sharding.to_host(state.theta)[:count, :exp.num_seeds])
+            final_theta.append(sharding.to_host(state.theta)[:count, :exp.num_seeds])
     bar.close()
-    return collect.finish(np.concatenate(final_theta))
+    folder = checkpoint.rows_folder if full and checkpoint is not None else None
+    return collect.finish(np.concatenate(final_theta), folder)
+
+
+def _save_unit(checkpoint, b: int, c: int, state, stats: dict, rows: dict | None,
+               swept: list[dict], steps: np.ndarray) -> None:
+    """Record a completed unit: its per-seed rows as a Parquet part (full mode), then its state
+    and statistics (``Checkpoint.save``, which marks it done last), so a run killed at any point
+    resumes from whole units."""
+    if rows is not None:
+        store.write_part(checkpoint.rows_folder, (b, c), rows, swept, steps, checkpoint.constants)
+    checkpoint.save(b, c, state, stats)
 
 
 class Output(NamedTuple):
-    """What a run returns: per-seed metrics ``{name: [G, N, T]}`` (full mode, else None),
-    statistics over seeds ``{name: {stat: [G, T]}}`` (summary mode, else None), the final logits
+    """What a run returns: statistics over seeds ``{name: {stat: [G, T]}}``, per-seed metrics
+    ``{name: [G, N, T]}`` (full mode without a checkpoint folder, else None), the folder of the
+    per-seed Parquet parts (full mode with a checkpoint folder, else None), the final logits
     ``[G, N, S, A]`` and the count of rows marked non-finite."""
 
+    stats: dict
     arrays: dict | None
-    stats: dict | None
+    rows_folder: object
     final_theta: np.ndarray
     nonfinite: int
 
@@ -313,60 +343,61 @@ class Output(NamedTuple):
 class Collector:
     """Assembles the outputs of work units on the host and applies the non-finite policy."""
 
-    def __init__(self, exp: Experiment, num_logged: int, summary_mode: bool):
-        self.exp, self.num_logged, self.summary_mode = exp, num_logged, summary_mode
-        self.out: dict = {}
+    def __init__(self, exp: Experiment, num_logged: int, keep_rows: bool):
+        self.exp, self.num_logged, self.keep_rows = exp, num_logged, keep_rows
+        self.mark = exp.config["on_nonfinite"] == "mark"
+        self.stats: dict = {}
+        self.rows: dict = {}
         self.marked = 0
 
-    def add(self, g0: int, count: int, t0: int, out: dict) -> dict:
-        """Check one unit's output (``[count, N, T_chunk]`` or ``{stat: [count, T_chunk]}``),
-        place it, and return it as checked (with the ``nonfinite`` flags in mark mode)."""
-        log_every = self.exp.config["log_every"]
-        mark = self.exp.config["on_nonfinite"] == "mark"
-        if self.summary_mode:
-            bad = out["nonfinite"]
-            if bad["count"].any() and not mark:
-                g, t = np.argwhere(bad["count"] > 0)[0]
-                raise nonfinite_error(self.exp, g0 + g, int(bad["first_seed"][g, t]),
-                                      t0 + t * log_every, "")
-        else:
-            checked = {k: v for k, v in out.items() if k not in NAN_ALLOWED and k != "nonfinite"}
-            bad = np.zeros(next(iter(checked.values())).shape, bool)
-            for values in checked.values():
-                bad |= ~np.isfinite(values)
-            if bad.any() and not mark:
-                idx = np.argwhere(bad)
-                g, n, t = (int(i) for i in idx[np.argmin(idx[:, 2])])
-                names = ", ".join(f"{k} = {v[g, n, t]}" for k, v in checked.items()
-                                  if not np.isfinite(v[g, n, t]))
-                raise nonfinite_error(self.exp, g0 + g, n, t0 + t * log_every, names)
-            if mark:
-                out = {**out, "nonfinite": bad}
-        t_lo = t0 // log_every
-        for path, values in _leaves(out):
-            target = self._target(path, values)
-            target[g0:g0 + count, ..., t_lo:t_lo + values.shape[-1]] = values
-        count_bad = out["nonfinite"]["count"].sum() if self.summary_mode else bad.sum()
-        self.marked += int(count_bad)
-        return out
+    def check_rows(self, g0: int, t0: int, rows: dict) -> dict:
+        """Check one unit's per-seed rows ``{name: [count, N, T_chunk]}``: raise at the first
+        non-finite value, or (mark mode) return them with the ``nonfinite`` flags."""
+        checked = {k: v for k, v in rows.items() if k not in NAN_ALLOWED}
+        bad = np.zeros(next(iter(checked.values())).shape, bool)
+        for values in checked.values():
+            bad |= ~np.isfinite(values)
+        if bad.any() and not self.mark:
+            idx = np.argwhere(bad)
+            g, n, t = (int(i) for i in idx[np.argmin(idx[:, 2])])
+            names = ", ".join(f"{k} = {v[g, n, t]}" for k, v in checked.items()
+                              if not np.isfinite(v[g, n, t]))
+            raise nonfinite_error(self.exp, g0 + g, n, t0 + t * self.exp.config["log_every"],
+                                  names)
+        return {**rows, "nonfinite": bad} if self.mark else rows
 
-    def _target(self, path, values):
-        node = self.out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        if path[-1] not in node:
-            shape = (self.exp.num_grid,) + values.shape[1:-1] + (self.num_logged,)
-            node[path[-1]] = np.empty(shape, values.dtype)
-        return node[path[-1]]
+    def add_stats(self, g0: int, t0: int, stats: dict) -> None:
+        """Check and place one unit's statistics ``{name: {stat: [count, T_chunk]}}``."""
+        bad = stats["nonfinite"]
+        if bad["count"].any() and not self.mark:
+            g, t = np.argwhere(bad["count"] > 0)[0]
+            raise nonfinite_error(self.exp, g0 + g, int(bad["first_seed"][g, t]),
+                                  t0 + t * self.exp.config["log_every"], "")
+        self.marked += int(bad["count"].sum())
+        self._place(self.stats, g0, t0, stats)
 
-    def finish(self, final_theta: np.ndarray) -> Output:
+    def add_rows(self, g0: int, t0: int, rows: dict) -> None:
+        self._place(self.rows, g0, t0, rows)
+
+    def _place(self, root: dict, g0: int, t0: int, tree: dict) -> None:
+        t_lo = t0 // self.exp.config["log_every"]
+        for path, values in _leaves(tree):
+            node = root
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            if path[-1] not in node:
+                shape = (self.exp.num_grid,) + values.shape[1:-1] + (self.num_logged,)
+                node[path[-1]] = np.empty(shape, values.dtype)
+            node[path[-1]][g0:g0 + values.shape[0], ..., t_lo:t_lo + values.shape[-1]] = values
+
+    def finish(self, final_theta: np.ndarray, rows_folder=None) -> Output:
         if self.marked:
+            flagged = "column 'nonfinite' and " if self.exp.config["output"] == "full" else ""
             warnings.warn(f"{self.marked} rows had NaN or infinite values; they are marked "
-                          f"(column 'nonfinite'{' and excluded from the statistics' if self.summary_mode else ''})",
+                          f"({flagged}excluded from the statistics)",
                           NonFiniteWarning, stacklevel=3)
-        if self.summary_mode:
-            return Output(None, self.out, final_theta, self.marked)
-        return Output(self.out, None, final_theta, self.marked)
+        return Output(self.stats, self.rows if self.keep_rows else None, rows_folder,
+                      final_theta, self.marked)
 
 
 class NonFiniteWarning(UserWarning):

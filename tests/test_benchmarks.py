@@ -1,6 +1,13 @@
-"""The benchmark scripts' own helpers (the benchmarks themselves take minutes and are not tests)."""
+"""The benchmark scripts' own helpers, and the end-to-end benchmark run at a tiny size (the
+benchmarks themselves take minutes and are not tests)."""
 
+import math
+import os
+import re
+import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -58,3 +65,19 @@ def test_kernel_count_of_hlo_without_a_loop_is_zero():
     body_free = HLO.split("%body")[0] + "ENTRY %main (x: f32[4]) -> f32[4] {\n" \
         "  ROOT %x = f32[4]{0} parameter(0)\n}\n"
     assert accelerator.count_kernels(body_free) == 0
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_runs_at_a_tiny_size_and_prints_the_final_ratio():
+    # Two command-line runs (the second loading the first's compiled programs) and the NumPy
+    # baseline, each in a fresh process; the last line is the warm run's ratio to the NumPy loop.
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "end_to_end.py"),
+                           "--seeds", "200", "--steps", "20", "--rounds", "2"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"^last run \(warm cache\) / NumPy loop: (\S+)x \(target <= 2\)$",
+                      proc.stdout, re.MULTILINE)
+    assert match, proc.stdout
+    ratio = float(match.group(1))
+    assert math.isfinite(ratio) and ratio > 0

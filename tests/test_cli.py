@@ -300,7 +300,7 @@ def test_interrupted_before_the_first_chunk_leaves_nothing(tmp_path, capsys, mon
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.Collector, "add", interrupt)  # Ctrl-C during the first chunk
+    monkeypatch.setattr(runner.Collector, "add_stats", interrupt)  # Ctrl-C during the first chunk
     path = write(tmp_path, SMALL)
     status, _, err = main(capsys, "run", path, "--out", tmp_path / "out", "--quiet")
     assert status == 130 and err == "entropy-sim: interrupted\n"
@@ -328,9 +328,8 @@ def test_interrupted_after_some_chunks_keeps_its_progress_and_resumes(tmp_path, 
     status, _, err = main(capsys, "run", path, "--out", out, "--quiet")
     assert status == 0 and "resuming" in err and not progress.exists()
     assert main(capsys, "run", path, "--out", tmp_path / "whole", "--quiet")[0] == 0
-    for name in ("metrics.parquet", "summary.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(out / name),
-                                      pd.read_parquet(tmp_path / "whole" / name), check_exact=True)
+    for read in (lambda d: es.load(d).metrics, lambda d: es.load(d).summary()):
+        pd.testing.assert_frame_equal(read(out), read(tmp_path / "whole"), check_exact=True)
     assert saved[:2] == [(0, 0), (0, 1)]
 
 

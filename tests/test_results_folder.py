@@ -209,8 +209,10 @@ def test_result_folder_and_files_get_the_permissions_of_the_umask(tmp_path, umas
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == folder_mode
-    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert len(modes) == 5 and set(modes.values()) == {file_mode}, modes
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    folders = {"metrics.parquet"}  # the per-seed rows: a folder of Parquet parts
+    assert len(modes) == 6 and {modes[f] for f in folders} == {folder_mode}, modes
+    assert {m for name, m in modes.items() if name not in folders} == {file_mode}, modes
 
 
 # ----------------------------------------------------------------------------- compilation cache
@@ -271,5 +273,4 @@ def test_a_second_cli_run_loads_every_program_from_the_cache(tmp_path):
     for program in ("jit_init", "jit_chunk"):  # the run's own programs
         assert f"Persistent compilation cache hit for '{program}'" in second.stderr
     assert "PERSISTENT COMPILATION CACHE MISS" not in second.stderr
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "metrics.parquet"),
-                                  pd.read_parquet(tmp_path / "b" / "metrics.parquet"))
+    pd.testing.assert_frame_equal(es.load(tmp_path / "a").metrics, es.load(tmp_path / "b").metrics)

@@ -6,7 +6,7 @@ import pytest
 
 import entropy_sim as es
 from conftest import small_config
-from entropy_sim import runner
+from entropy_sim import runner, store
 
 REQUIRED = ["seed", "step", "entropy", "dH_realized", "dH_pred_cov", "dH_pred_closed", "return",
             "renyi2", "kl", "kl_bound", "grad_sq_norm", "dH_within", "dH_shift"]
@@ -63,9 +63,11 @@ def test_results_do_not_depend_on_chunk_size_or_on_the_other_grid_points():
 def test_a_new_hyperparameter_value_reuses_the_compiled_chunk():
     cfg = small_config(seeds=2, steps=6, algo={"name": "npg", "eta": [0.11, 0.12]})
     es.run(cfg, progress=False)
-    plan = runner.make_plan(es.build(es.Config(cfg)))
-    fn = runner.compiled_chunk("npg", "sgd", (), False, 6, 1, (), None, plan.layout, plan.grid_rows,
-                               ())  # as the runner calls it: no optional diagnostics
+    config = es.Config(cfg)
+    plan = runner.make_plan(es.build(config))
+    quantiles = (tuple(config["quantiles"]), tuple(config["quantile_metrics"]))
+    fn = runner.compiled_chunk("npg", "sgd", (), False, 6, 1, (), quantiles, plan.layout,
+                               plan.grid_rows, (), True)  # as the runner calls it (full mode)
     before = fn._cache_size()
     es.run({**cfg, "algo": {"name": "npg", "eta": [0.7, 0.9]}}, progress=False)
     es.run({**cfg, "seed": 5, "env": {"kind": "bandit", "means": [0.3, 0.2, 0.9]}}, progress=False)
@@ -119,7 +121,7 @@ def test_save_is_atomic_and_refuses_to_overwrite_without_permission(tmp_path, mo
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", boom)
+    monkeypatch.setattr(store.pq, "write_table", boom)
     with pytest.raises(RuntimeError):
         res.save(tmp_path / "broken")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -281,9 +281,8 @@ def test_a_killed_run_resumes_from_its_last_chunk_with_identical_results(tmp_pat
     whole = subprocess.run(cli + ["--out", str(tmp_path / "whole")], env=env,
                            capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
-    for name in ["metrics.parquet", "summary.parquet"]:
-        a = pd.read_parquet(tmp_path / "killed" / name)
-        b = pd.read_parquet(tmp_path / "whole" / name)
+    for read in (lambda d: es.load(d).metrics, lambda d: es.load(d).summary()):
+        a, b = read(tmp_path / "killed"), read(tmp_path / "whole")
         pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
@@ -377,9 +376,9 @@ def test_two_processes_with_jax_distributed_write_the_single_process_result(tmp_
     single = subprocess.run(base + ["--out", str(tmp_path / "single")], capture_output=True,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert single.returncode == 0, single.stderr
-    for name in ["metrics.parquet", "summary.parquet"]:
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dist" / name),
-                                      pd.read_parquet(tmp_path / "single" / name), check_exact=True)
+    for read in (lambda d: es.load(d).metrics, lambda d: es.load(d).summary()):
+        pd.testing.assert_frame_equal(read(tmp_path / "dist"), read(tmp_path / "single"),
+                                      check_exact=True)
 
 
 def test_plot_renders_a_summary_only_folder(tmp_path):
