@@ -388,7 +388,8 @@ def test_readme_benchmark_commands_exist_and_the_sampling_one_runs(tmp_path):
     lines = [line for b in blocks("text") if "benchmarks/" in b for line in b.strip().splitlines()
              if line.startswith("python benchmarks/")]
     assert {shlex.split(line)[1] for line in lines} == {
-        "benchmarks/scale.py", "benchmarks/sampling.py", "benchmarks/accelerator.py"}
+        "benchmarks/scale.py", "benchmarks/sampling.py", "benchmarks/accelerator.py",
+        "benchmarks/end_to_end.py"}
     import runpy
 
     for line in lines:  # each script's --help, in this process (as python SCRIPT --help would)
