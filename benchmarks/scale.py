@@ -627,7 +627,7 @@ def sweep(size):
     # Traces per chunk length (a second one when the state a chunk returns has another jit
     # signature than the initial state; the backend compile is then a cache hit).
     traces = {length: runner.compiled_chunk(exp.rule.name, "sgd", (), exp.env_per_seed, length, 1, (),
-                                            None, plan.layout, plan.grid_rows)._cache_size()
+                                            plan.layout, ())._cache_size()
               for length in lengths}
     grid = exp.num_grid
     steady = min(times[1:])
@@ -689,12 +689,11 @@ def fused_all_blocked(r, rho, theta, eta, steps, block):
 
 
 def engine_device(exp, repeats):
-    """Best time of the engine's compiled chunks alone (what ``run_arrays`` launches), outputs
-    left on the device: no transfer, no non-finite check, no collection."""
+    """Best time of the engine's compiled chunks alone (what ``run_arrays`` launches before the
+    statistics over seeds), outputs left on the device: no statistics, no transfer, no
+    non-finite check, no collection."""
     cfg = exp.config
     plan = runner.make_plan(exp)
-    summary_mode = cfg["output"] == "summary"
-    quantiles = (tuple(cfg["quantiles"]), tuple(cfg["quantile_metrics"])) if summary_mode else None
     pass_at = tuple(cfg["pass_at"]) if exp.env.binary_rewards() else ()
     options = tuple(sorted(exp.options.items()))
     env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
@@ -712,8 +711,9 @@ def engine_device(exp, repeats):
         outs = []
         for t0, length in plan.chunks:
             fn = runner.compiled_chunk(exp.rule.name, "sgd", pass_at, exp.env_per_seed, length,
-                                       cfg["log_every"], options, quantiles, plan.layout, plan.grid_rows)
-            state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), real, trips)
+                                       cfg["log_every"], options, plan.layout,
+                                       tuple(cfg["diagnostics"]))
+            state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), trips)
             outs.append(out)
         _sync(outs)
         elapsed = time.perf_counter() - start

@@ -7,8 +7,8 @@ a traced argument), so a run compiles once per chunk length. Inside a chunk each
 so a seed's numbers do not depend on the number of seeds, devices or grid points. Long runs go
 chunk by chunk: memory holds one chunk of metrics, a progress bar advances per chunk, and the result
 does not depend on the chunk size because the samples of step ``t`` use ``fold_in(seed key, t)``.
-In summary mode the chunk also reduces over the seeds (``summary.over_seeds``) before anything
-leaves the device.
+After each chunk a second program (``compiled_stats``) reduces its metrics over the seeds on the
+devices (``summary.over_seeds``), in either mode; in summary mode only those statistics leave them.
 """
 
 from __future__ import annotations
@@ -116,22 +116,17 @@ def compiled_init(rule: str, opt_name: str, env_per_seed: bool, lay: sharding.La
 
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_seed: bool,
-                   length: int, log_every: int, options: tuple, quantiles: tuple,
-                   lay: sharding.Layout, grid_rows: int, diagnostics: tuple[str, ...] = (),
-                   per_seed: bool = False):
-    """The jitted chunk ``(state, env, hp, t0, real, trips) -> (state, out)``: ``length`` steps
-    from step ``t0``, logging every ``log_every``-th. ``out["stats"]`` holds the statistics over
-    the seeds where ``real: [N]`` is true, ``{name: {stat: [G, length // log_every]}}``
-    (``summary.over_seeds`` with ``quantiles = (probabilities, metrics)``), computed here in
-    either mode; with ``per_seed`` (full mode) ``out["seeds"]`` holds the per-seed metrics
-    ``{name: [G, N, length // log_every]}`` too.
+                   length: int, log_every: int, options: tuple, lay: sharding.Layout,
+                   diagnostics: tuple[str, ...] = ()):
+    """The jitted chunk ``(state, env, hp, t0, trips) -> (state, out)``: ``length`` steps from
+    step ``t0``, logging every ``log_every``-th; ``out`` is ``{name: [G, N, length // log_every]}``
+    (left on the devices: ``compiled_stats`` reduces it over the seeds there).
     ``options``: the rule's static options as sorted ``(name, value)`` pairs; ``lay``: the
-    device layout and seed block size (``sharding.py``); ``grid_rows``: the grid points of a full
-    batch (the arrays hold padding rows too: ``sharding.layout``); ``diagnostics``: the optional
-    column groups (``diagnostics.DIAGNOSTICS``)."""
+    device layout and seed block size (``sharding.py``); ``diagnostics``: the optional column
+    groups (``diagnostics.DIAGNOSTICS``)."""
     one = functools.partial(step, rule=rule, opt_name=opt_name, pass_at=pass_at, options=options,
                             diagnostics=diagnostics)
-    per_seed_step = _per_seed(one, env_per_seed)
+    per_seed = _per_seed(one, env_per_seed)
     times = lambda t0: t0 + log_every * jnp.arange(length // log_every)  # noqa: E731
 
     def strided(advance, state, t):
@@ -142,26 +137,37 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
         return state, metrics
 
     def block_chunk(state, env, hp, t0):
-        advance = lambda s, t: per_seed_step(s, env, hp, t)  # noqa: E731
+        advance = lambda s, t: per_seed(s, env, hp, t)  # noqa: E731
         state, out = jax.lax.scan(functools.partial(strided, advance), state, times(t0))
         return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), out)
 
     # Each block of seeds runs the whole chunk (one loop trip per block and chunk).
     blocked = sharding.blockwise(block_chunk, lay, env_per_seed)
 
-    def chunk(state, env, hp, t0, real, trips):
-        state, out = blocked(state, env, hp, t0, trips)  # {name: [G, N, T]}
-        # Statistics over the seeds of every step, computed here, so that in summary mode only
-        # they leave the device; the per-seed values live for one chunk (its size bounds them).
+    def chunk(state, env, hp, t0, trips):
+        return blocked(state, env, hp, t0, trips)  # {name: [G, N, T]}
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int, donate: bool):
+    """The jitted statistics over seeds ``(out, real) -> {name: {stat: [G, T]}}`` of a chunk's
+    per-seed metrics ``out: {name: [G, N, T]}`` on the devices, over the seeds where
+    ``real: [N]`` (``summary.over_seeds`` with ``quantiles = (probabilities, metrics)``), in
+    either mode. A program of its own, not part of the chunk's: it depends only on the columns
+    and their shapes, so runs of any rule with the same columns share it (compiled once).
+    ``donate``: ``out`` is not needed afterwards (summary mode)."""
+    by_step = NamedSharding(lay.mesh, P(None, None, ("grid", "seeds")))
+
+    def stats(out, real):
         # Every seed of a (grid point, step) goes to one device: the steps are split instead.
-        by_step = NamedSharding(lay.mesh, P(None, None, ("grid", "seeds")))
         split = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x[:grid_rows], by_step),
                              out)
         real_all = jax.lax.with_sharding_constraint(real, NamedSharding(lay.mesh, P()))
-        stats = summary.over_seeds(split, real_all, quantiles[0], NAN_ALLOWED, quantiles[1])
-        return state, ({"stats": stats, "seeds": out} if per_seed else {"stats": stats})
+        return summary.over_seeds(split, real_all, quantiles[0], NAN_ALLOWED, quantiles[1])
 
-    return jax.jit(chunk, donate_argnums=0)
+    return jax.jit(stats, donate_argnums=0 if donate else ())
 
 
 def clear_compiled() -> None:
@@ -170,7 +176,7 @@ def clear_compiled() -> None:
     between experiments, so memory holds one experiment's programs, not every one's."""
     from entropy_sim import experiment
 
-    for cache in (compiled_chunk, compiled_init, experiment._over_keys):
+    for cache in (compiled_chunk, compiled_stats, compiled_init, experiment._over_keys):
         cache.cache_clear()
     jax.clear_caches()
 
@@ -289,10 +295,12 @@ def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
                     bar.update(length)
                     continue
                 fn = compiled_chunk(exp.rule.name, opt_name, pass_at, exp.env_per_seed, length,
-                                    cfg["log_every"], options, quantiles, plan.layout,
-                                    plan.grid_rows, tuple(cfg["diagnostics"]), full)
-                state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), real, trips)
-                out = jax.tree.map(lambda x: x[:count], sharding.to_host(out))
+                                    cfg["log_every"], options, plan.layout,
+                                    tuple(cfg["diagnostics"]))
+                state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), trips)
+                stats = compiled_stats(quantiles, plan.layout, plan.grid_rows, not full)(out, real)
+                out = jax.tree.map(lambda x: x[:count], sharding.to_host(
+                    {"stats": stats, "seeds": out} if full else {"stats": stats}))
                 rows = None
                 if full:
                     rows = {k: v[:, :exp.num_seeds] for k, v in out["seeds"].items()}

@@ -40,7 +40,10 @@ def quantile_name(p: float) -> str:
 
 
 def with_derived(metrics: dict) -> dict:
-    """``metrics`` plus the covariance law's per-row error metrics (numpy or jax arrays)."""
+    """``metrics`` plus the covariance law's per-row error metrics (numpy or jax arrays; as it
+    is without the law's columns, as in the benchmarks' cut-down steps)."""
+    if "dH_realized" not in metrics or "dH_pred_cov" not in metrics:
+        return dict(metrics)
     xp = jnp if isinstance(metrics["dH_realized"], jax.Array) else np
     realized, predicted = metrics["dH_realized"], metrics["dH_pred_cov"]
     error = realized - predicted
@@ -104,7 +107,7 @@ def over_seeds(metrics: dict[str, Array], real: Array, quantiles: tuple[float, .
     if unknown:
         raise ConfigError("quantile_metrics", f"unknown metric(s) {unknown}; this run logs "
                                               f"{sorted(metrics)}")
-    real = jnp.broadcast_to(real[None, :, None], metrics["dH_realized"].shape)
+    real = jnp.broadcast_to(real[None, :, None], next(iter(metrics.values())).shape)
     bad = nonfinite_rows(metrics, nan_allowed) & real
 
     def flagged():
@@ -126,7 +129,7 @@ def over_seeds(metrics: dict[str, Array], real: Array, quantiles: tuple[float, .
 def _stats(metrics: dict[str, Array], ok: Array, quantiles, quantile_metrics) -> dict:
     """``{name: {stat: [G, T]}}`` over the seeds where ``ok: [G, N, T]``; see ``over_seeds``.
     Metric by metric: stacking them first costs a copy of them all, more than the sums."""
-    dtype = metrics["dH_realized"].dtype
+    dtype = next(iter(metrics.values())).dtype
     n = ordered_sum(ok.astype(dtype), axis=1)
     out = {name: {**_mean_std(values.astype(dtype), ok, n), "n": n}
            for name, values in metrics.items()}

@@ -270,7 +270,7 @@ def test_a_second_cli_run_loads_every_program_from_the_cache(tmp_path):
                      JAX_EXPLAIN_CACHE_MISSES="1")
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in cache.iterdir()) == entries  # nothing new compiled
-    for program in ("jit_init", "jit_chunk"):  # the run's own programs
+    for program in ("jit_init", "jit_chunk", "jit_stats"):  # the run's own programs
         assert f"Persistent compilation cache hit for '{program}'" in second.stderr
     assert "PERSISTENT COMPILATION CACHE MISS" not in second.stderr
     pd.testing.assert_frame_equal(es.load(tmp_path / "a").metrics, es.load(tmp_path / "b").metrics)
