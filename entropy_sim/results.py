@@ -26,7 +26,7 @@ import pandas as pd
 
 from entropy_sim import store
 from entropy_sim.config import Config
-from entropy_sim.summary import quantile_name
+from entropy_sim.summary import quantile_name, stats_of
 
 # Column order of metrics tables: identifiers, then the covariance law, then the rest.
 LEADING = ("seed", "step", "entropy", "dH_realized", "dH_pred_cov", "dH_pred_closed", "dH_within",
@@ -52,8 +52,9 @@ class Results:
       steps: ``[T]`` the step index of each logged step.
       swept: the swept hyperparameter values of each of the ``G`` grid points.
       final_theta: ``[G, N, S, A]`` logits after the last step.
-      stats: ``{metric: {stat: [G, T]}}`` statistics over seeds, computed during the run on the
-        devices (either mode).
+      stats: ``{metric: {stat: [G, T]}}`` statistics over seeds, computed on the devices during
+        the run, or (a full run whose rows stayed in memory) from the rows when ``summary()``
+        first asks for them: the same statistics, bit for bit.
       provenance: versions, git commit, devices, start and wall time of the run
         (``provenance.collect``); ``run.json`` of the saved folder. None if unknown.
       rows_folder: the Parquet parts of a full-mode run that streamed its rows to disk (a run
@@ -125,6 +126,9 @@ class Results:
         config's ``quantiles`` (default ``q025``, ``median``, ``q975``), and ``n``, the seeds counted
         (those whose metrics are all finite). Includes the covariance law's error metrics
         ``cov_error``, ``cov_abs_error``, ``cov_sign_agree``. Tidy (long) format."""
+        if self.stats is None:  # a full run whose rows stayed in memory: computed once, now
+            self.stats = stats_of(self.arrays, tuple(self.config["quantiles"]),
+                                  tuple(self.config["quantile_metrics"]), self.config["dtype"])
         return stats_frame(self.stats, self.steps, self.swept, self.config["quantiles"])
 
     @property

@@ -8,7 +8,8 @@ so a seed's numbers do not depend on the number of seeds, devices or grid points
 chunk by chunk: memory holds one chunk of metrics, a progress bar advances per chunk, and the result
 does not depend on the chunk size because the samples of step ``t`` use ``fold_in(seed key, t)``.
 After each chunk a second program (``compiled_stats``) reduces its metrics over the seeds on the
-devices (``summary.over_seeds``), in either mode; in summary mode only those statistics leave them.
+devices (``summary.over_seeds``); in summary mode only those statistics leave them. A full run
+whose rows stay in memory (no progress folder) computes the same statistics from them when asked.
 """
 
 from __future__ import annotations
@@ -151,13 +152,13 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int, donate: bool):
+def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int):
     """The jitted statistics over seeds ``(out, real) -> {name: {stat: [G, T]}}`` of a chunk's
     per-seed metrics ``out: {name: [G, N, T]}`` on the devices, over the seeds where
     ``real: [N]`` (``summary.over_seeds`` with ``quantiles = (probabilities, metrics)``), in
-    either mode. A program of its own, not part of the chunk's: it depends only on the columns
-    and their shapes, so runs of any rule with the same columns share it (compiled once).
-    ``donate``: ``out`` is not needed afterwards (summary mode)."""
+    summary mode and in full mode with a progress folder. A program of its own, not part of the
+    chunk's: it depends only on the columns and their shapes, so runs of any rule with the same
+    columns share it (compiled once)."""
     by_step = NamedSharding(lay.mesh, P(None, None, ("grid", "seeds")))
 
     def stats(out, real):
@@ -167,7 +168,7 @@ def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int, donat
         real_all = jax.lax.with_sharding_constraint(real, NamedSharding(lay.mesh, P()))
         return summary.over_seeds(split, real_all, quantiles[0], NAN_ALLOWED, quantiles[1])
 
-    return jax.jit(stats, donate_argnums=0 if donate else ())
+    return jax.jit(stats)
 
 
 def clear_compiled() -> None:
@@ -273,7 +274,8 @@ def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
     env, theta0, keys, real = sharding.place_seeds(exp, plan.layout)
     num_logged = cfg["steps"] // cfg["log_every"]
     steps = np.arange(0, cfg["steps"], cfg["log_every"])
-    collect = Collector(exp, num_logged, keep_rows=full and checkpoint is None)
+    in_memory = full and checkpoint is None  # rows kept: statistics when asked (Results.summary)
+    collect = Collector(exp, num_logged, keep_rows=in_memory)
     done = checkpoint.completed() if checkpoint is not None else {}
     bar = _progress(cfg["steps"] * len(plan.grid_batches), exp,
                     progress and len(plan.chunks) * len(plan.grid_batches) > 1)
@@ -298,17 +300,21 @@ def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
                                     cfg["log_every"], options, plan.layout,
                                     tuple(cfg["diagnostics"]))
                 state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), trips)
-                stats = compiled_stats(quantiles, plan.layout, plan.grid_rows, not full)(out, real)
-                out = jax.tree.map(lambda x: x[:count], sharding.to_host(
-                    {"stats": stats, "seeds": out} if full else {"stats": stats}))
+                wanted = {} if not full else {"seeds": out}
+                if not in_memory:
+                    wanted["stats"] = compiled_stats(quantiles, plan.layout, plan.grid_rows)(out,
+                                                                                             real)
+                del out
+                out = jax.tree.map(lambda x: x[:count], sharding.to_host(wanted))
                 rows = None
                 if full:
                     rows = {k: v[:, :exp.num_seeds] for k, v in out["seeds"].items()}
                     # The statistics count the non-finite rows; the rows themselves are read
                     # only to flag them (mark mode) or to name the metrics in the error.
-                    if collect.mark or out["stats"]["nonfinite"]["count"].any():
+                    if in_memory or collect.mark or out["stats"]["nonfinite"]["count"].any():
                         rows = collect.check_rows(g0, t0, rows)
-                collect.add_stats(g0, t0, out["stats"])
+                if not in_memory:
+                    collect.add_stats(g0, t0, out["stats"])
                 if checkpoint is None:
                     if rows is not None:
                         collect.add_rows(g0, t0, rows)
@@ -336,8 +342,9 @@ def _save_unit(checkpoint, b: int, c: int, state, stats: dict, rows: dict | None
 
 
 class Output(NamedTuple):
-    """What a run returns: statistics over seeds ``{name: {stat: [G, T]}}``, per-seed metrics
-    ``{name: [G, N, T]}`` (full mode without a checkpoint folder, else None), the folder of the
+    """What a run returns: statistics over seeds ``{name: {stat: [G, T]}}`` (None for a full
+    run that keeps its rows in memory: ``summary.stats_of`` computes them when asked), per-seed
+    metrics ``{name: [G, N, T]}`` (full mode without a checkpoint folder, else None), the folder of the
     per-seed Parquet parts (full mode with a checkpoint folder, else None), the final logits
     ``[G, N, S, A]`` and the count of rows marked non-finite."""
 
@@ -385,6 +392,10 @@ class Collector:
         self._place(self.stats, g0, t0, stats)
 
     def add_rows(self, g0: int, t0: int, rows: dict) -> None:
+        """Place one unit's checked rows (a run that keeps them in memory, without statistics
+        until they are asked for: its marked rows are counted here)."""
+        if "nonfinite" in rows:
+            self.marked += int(rows["nonfinite"].sum())
         self._place(self.rows, g0, t0, rows)
 
     def _place(self, root: dict, g0: int, t0: int, tree: dict) -> None:
@@ -404,7 +415,7 @@ class Collector:
             warnings.warn(f"{self.marked} rows had NaN or infinite values; they are marked "
                           f"({flagged}excluded from the statistics)",
                           NonFiniteWarning, stacklevel=3)
-        return Output(self.stats, self.rows if self.keep_rows else None, rows_folder,
+        return Output(self.stats or None, self.rows if self.keep_rows else None, rows_folder,
                       final_theta, self.marked)
 
 

@@ -153,6 +153,26 @@ def _mean_std(x: Array, ok: Array, n: Array) -> dict[str, Array]:
     return {"mean": mean, "std": jnp.sqrt(sq / jnp.maximum(n - 1, 1))}
 
 
+def stats_of(rows: dict, quantiles: tuple[float, ...], quantile_metrics: tuple[str, ...],
+             dtype: str) -> dict:
+    """``over_seeds`` of per-seed rows held on the host, ``{name: [G, N, T]}`` (``nonfinite``
+    flags ignored: the rows are checked again), as host arrays: the statistics a run computes on
+    its devices chunk by chunk, with the same bits (each step's are computed alone)."""
+    from entropy_sim.experiment import precision
+    from entropy_sim.diagnostics import NAN_ALLOWED
+
+    metrics = {k: v for k, v in rows.items() if k != "nonfinite"}
+    with precision(dtype):
+        real = np.ones(next(iter(metrics.values())).shape[1], bool)
+        out = _over_seeds_jit(metrics, real, tuple(quantiles), NAN_ALLOWED,
+                              tuple(quantile_metrics))
+        return jax.tree.map(np.asarray, jax.device_get(out))
+
+
+_over_seeds_jit = jax.jit(lambda m, r, q, na, qm: over_seeds(m, r, q, na, qm),
+                          static_argnums=(2, 3, 4))
+
+
 def _quantiles(x: Array, ok: Array, n: Array, quantiles) -> dict[str, Array]:
     """numpy's default (linear) quantiles over the ``ok`` seeds. ``[C, G, N, T] -> [C, G, T]``
     (``ok: [G, N, T]``, ``n: [G, T]``).
