@@ -305,10 +305,14 @@ def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
                     wanted["stats"] = compiled_stats(quantiles, plan.layout, plan.grid_rows)(out,
                                                                                              real)
                 del out
-                out = jax.tree.map(lambda x: x[:count], sharding.to_host(wanted))
+                # Cut to the real grid points and seeds on the devices: the padding never
+                # crosses to the host.
+                wanted = {k: jax.tree.map(lambda x: x[:count, :exp.num_seeds] if k == "seeds"
+                                          else x[:count], v) for k, v in wanted.items()}
+                out = sharding.to_host(wanted)
                 rows = None
                 if full:
-                    rows = {k: v[:, :exp.num_seeds] for k, v in out["seeds"].items()}
+                    rows = out["seeds"]
                     # The statistics count the non-finite rows; the rows themselves are read
                     # only to flag them (mark mode) or to name the metrics in the error.
                     if in_memory or collect.mark or out["stats"]["nonfinite"]["count"].any():
