@@ -160,7 +160,9 @@ class DryRun:
         else:
             flags = " + 1 B per row of nonfinite flags" if cfg["on_nonfinite"] == "mark" else ""
             lines.append(f"host memory: {_size(self.host_bytes)} of metrics ({self.rows} rows x "
-                         f"{len(self.columns)} columns x {size} B{flags})")
+                         f"{len(self.columns)} columns x {size} B{flags}), the size of "
+                         f"metrics.parquet; entropy-sim run streams them to disk chunk by chunk "
+                         f"and holds about two chunks")
         lines.append(f"final logits: {_size(self.final_logits_bytes)} ({self.grid_points} x "
                      f"{cfg['seeds']} x {self.num_states} states x {self.num_actions} actions x "
                      f"{size} B)")

@@ -128,7 +128,9 @@ PLAN = [
     "x 3 chunks)",
     f"# device memory: {DEVICE_BYTES / 2 ** 20:.1f} MiB per chunk of per-seed metrics (4 grid rows "
     f"x 384 seeds x 20 logged steps x 16 columns x 4 B)",
-    f"# host memory: {HOST_BYTES / 2 ** 20:.1f} MiB of metrics (90000 rows x 16 columns x 4 B)",
+    f"# host memory: {HOST_BYTES / 2 ** 20:.1f} MiB of metrics (90000 rows x 16 columns x 4 B), "
+    f"the size of metrics.parquet; entropy-sim run streams them to disk chunk by chunk and holds "
+    f"about two chunks",
     f"# final logits: {6 * 300 * 3 * 4 / 2 ** 10:.1f} KiB (6 x 300 x 1 states x 3 actions x 4 B)",
 ]
 
