@@ -244,9 +244,9 @@ def make_plan(exp: Experiment) -> Plan:
 
 
 def device_columns(cfg) -> int:
-    """The per-seed metric columns a chunk holds on the devices: every column the rule logs
-    (pass@k counted, whatever the rewards) and the covariance law's error columns, from which
-    the chunk computes the statistics over seeds."""
+    """The per-seed metric columns a chunk's budget counts on the devices: every column the rule
+    logs (pass@k counted, whatever the rewards) and the covariance law's error columns, which
+    ``compiled_stats`` derives from them for the statistics over seeds."""
     return len(run_columns(RULES[cfg["algo"]["name"]], cfg, binary=True))
 
 
