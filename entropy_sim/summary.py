@@ -60,8 +60,9 @@ LEAF = 16  # consecutive seeds added left to right before the pairwise tree
 def ordered_sum(x: Array, axis: int = -1) -> Array:
     """Sum over ``axis`` in a fixed order that depends only on its length: zeros appended up to a
     multiple of ``LEAF``, each run of ``LEAF`` consecutive entries added left to right, then the
-    partial sums added pairwise (the first half plus the second, a zero appended to an odd
-    count), all with elementwise additions, so the same for any padding or device layout.
+    partial sums, padded with zeros to a power of two, added pairwise (the first half plus the
+    second), all with elementwise additions: the same bits for any zeros appended to ``x`` (the
+    padding seeds) and any device layout.
 
     The first stage reads the input once in one fused loop; the tree then works on a sixteenth
     of it (a tree over the whole axis, padded to a power of two, cost 10x more on a CPU)."""
@@ -74,9 +75,12 @@ def ordered_sum(x: Array, axis: int = -1) -> Array:
     s = jax.lax.index_in_dim(y, 0, axis + 1, keepdims=False)
     for j in range(1, LEAF):
         s = s + jax.lax.index_in_dim(y, j, axis + 1, keepdims=False)
+    # Partial sums padded with zeros to a power of two: zeros appended to x (padding seeds)
+    # then change no partial sum and no pairing, so the bits do not depend on them.
+    full = 1 << max(width - 1, 0).bit_length()
+    if full != width:
+        s = jnp.pad(s, [(0, 0)] * axis + [(0, full - width)] + [(0, 0)] * (s.ndim - axis - 1))
     while s.shape[axis] > 1:
-        if s.shape[axis] % 2:
-            s = jnp.pad(s, [(0, 0)] * axis + [(0, 1)] + [(0, 0)] * (s.ndim - axis - 1))
         half = s.shape[axis] // 2
         s = (jax.lax.slice_in_dim(s, 0, half, axis=axis)
              + jax.lax.slice_in_dim(s, half, 2 * half, axis=axis))

@@ -19,7 +19,7 @@ from entropy_sim import checkpoint, memory, store, summary
 from entropy_sim.errors import ConfigError
 
 # Two grid points in two grid batches, four chunks each: eight parts.
-STREAMED = small_config(seeds=5, steps=12, chunk_steps=3, grid_batch=1,
+STREAMED = small_config(seeds=5, steps=12, chunk_steps=3, grid_batch=1, seed_block=4,
                         env={"kind": "bandit", "arms": 4},
                         algo={"name": "npg", "eta": [0.3, 0.1]})
 
@@ -159,6 +159,11 @@ def test_ordered_sum_is_the_sum_and_does_not_depend_on_the_other_axes(n):
     np.testing.assert_array_equal(alone[0, 0], got[1, 3])
     moved = np.asarray(jax.jit(lambda v: summary.ordered_sum(v, axis=0))(jnp.asarray(x[1])))
     np.testing.assert_array_equal(moved, got[1])
+    # Zeros appended (padding seeds, as many as a device layout adds) change no bit.
+    for extra in (1, 16, 3 * n + 5):
+        padded = np.concatenate([x, np.zeros((3, extra, 7), np.float32)], axis=1)
+        more = np.asarray(jax.jit(lambda v: summary.ordered_sum(v, axis=1))(jnp.asarray(padded)))
+        np.testing.assert_array_equal(more, got)
 
 
 def test_a_run_that_cannot_fit_is_refused_with_the_estimate_before_anything_is_built(monkeypatch):
