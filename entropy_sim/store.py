@@ -156,7 +156,10 @@ def _read_part(path: Path, columns, seeds, steps, where) -> dict | None:
     keep_t = select(cube["step"][0, 0], steps)
     if not keep_g.any() or not keep_n.any() or not keep_t.any():
         return None
-    return {k: v[keep_g][:, keep_n][:, :, keep_t] for k, v in cube.items()}
+    for axis, keep in enumerate((keep_g, keep_n, keep_t)):
+        if not keep.all():  # (indexing copies: only where something is cut)
+            cube = {k: np.compress(keep, v, axis=axis) for k, v in cube.items()}
+    return cube
 
 
 def select(values: np.ndarray, which) -> np.ndarray:
