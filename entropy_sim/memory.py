@@ -58,7 +58,7 @@ class Estimate:
     def total(self) -> int:
         return self.device + self.host
 
-    def lines(self) -> str:
+    def breakdown(self) -> str:
         return (f"state {size(self.state)}, a chunk of per-seed metrics {size(self.chunk)}, "
                 f"rows and statistics on the host {size(self.rows)}, final policy "
                 f"{size(self.final)}, JAX {size(BASELINE)}")
@@ -192,7 +192,7 @@ def _check_sizes(config) -> None:
 
 
 def _message(config, dry, est, need: int, have: int, where: str, remedies=None) -> str:
-    parts = f" ({est.lines()})" if est is not None else " for the final logits alone"
+    parts = f" ({est.breakdown()})" if est is not None else " for the final logits alone"
     if remedies is not None:
         return (f"{config['seeds']} seeds x {dry.grid_points} grid point(s) need about "
                 f"{size(need)}{parts}, but {size(have)} of {where}; try " + "; ".join(remedies))
