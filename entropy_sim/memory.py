@@ -27,6 +27,7 @@ import os
 import jax
 import numpy as np
 
+from entropy_sim.dryrun import _size as size, plan
 from entropy_sim.errors import ConfigError
 
 BASELINE = 512 * 2 ** 20  # JAX's runtime and the compiled programs
@@ -64,12 +65,11 @@ class Estimate:
                 f"{size(self.final)}, JAX {size(BASELINE)}")
 
 
-def estimate(config, *, streamed: bool) -> Estimate:
+def estimate(config, *, streamed: bool, dry=None) -> Estimate:
     """The peak memory of a run of ``config`` (one that sweeps no static field); ``streamed``:
-    full-mode rows go to disk as the run goes (a run with a checkpoint folder)."""
-    from entropy_sim.dryrun import plan
-
-    dry = plan(config)
+    full-mode rows go to disk as the run goes (a run with a checkpoint folder); ``dry``: its
+    ``dryrun.plan`` if already made."""
+    dry = dry or plan(config)
     per_seed_state, per_seed_env, shared_env = _per_seed_bytes(config)
     seeds, rows = dry.padded_seeds, dry.grid_rows
     item = dry.itemsize
@@ -142,15 +142,17 @@ def check(config, *, streamed: bool) -> Estimate | None:
     """Refuse (``MemoryLimitError``) a run that cannot fit; return its estimate otherwise (None
     where a rough bound from the sizes is under a quarter of the memory on a CPU, or the check is
     off: ``ENTROPY_SIM_MEMORY_CHECK=0``)."""
-    from entropy_sim.dryrun import plan
-
     if os.environ.get("ENTROPY_SIM_MEMORY_CHECK", "1") == "0":
         return None
-    _check_sizes(config)
     host, device = available()
-    if device is None and host is not None and _rough_bound(config) < host // 4:
+    dry = plan(config)
+    if host is not None and dry.final_logits_bytes > host:  # from the sizes alone
+        raise MemoryLimitError("seeds", _message(config, dry, None, dry.final_logits_bytes, host,
+                                                 "memory available on this machine",
+                                                 ["fewer seeds or grid points"]))
+    if device is None and host is not None and _rough_bound(config, dry) < host // 4:
         return None  # far from the limit: not worth building the two-seed experiment
-    est = estimate(config, streamed=streamed)
+    est = estimate(config, streamed=streamed, dry=dry)
     if device is None:  # a CPU: the devices' memory is the host's
         need, have, where = est.total, host, "memory available on this machine"
     elif est.device > device:
@@ -158,37 +160,18 @@ def check(config, *, streamed: bool) -> Estimate | None:
     else:
         need, have, where = est.host, host, "host memory available"
     if have is not None and need > have:
-        dry = plan(config)
         raise MemoryLimitError("seeds", _message(config, dry, est, need, have, where))
     return est
 
 
-def _rough_bound(config) -> int:
+def _rough_bound(config, dry) -> int:
     """A cheap upper bound of ``estimate`` from the sizes alone (64 policy-sized arrays per seed
     and grid row, an MDP's transitions per seed, every row in memory, 8 bytes per number)."""
-    from entropy_sim.dryrun import plan
-
-    dry = plan(config)
     policy = dry.num_states * dry.num_actions * 8
     env = policy * (dry.num_states if config["env"]["kind"] == "mdp" else 4)
     rows = dry.rows * (len(dry.columns) + 2) * 8 if config["output"] == "full" else 0
     return (dry.grid_rows * dry.padded_seeds * 64 * policy + dry.padded_seeds * env
             + 2 * dry.device_bytes * 2 + rows + 8 * dry.final_logits_bytes * 8 + BASELINE)
-
-
-def _check_sizes(config) -> None:
-    """A first refusal from the sizes alone, before the two-seed experiment is built: the final
-    logits must fit in the memory there is."""
-    host, _ = available()
-    if host is None:
-        return
-    from entropy_sim.dryrun import plan
-
-    dry = plan(config)
-    if dry.final_logits_bytes > host:
-        raise MemoryLimitError("seeds", _message(config, dry, None, dry.final_logits_bytes, host,
-                                                 "memory available on this machine",
-                                                 ["fewer seeds or grid points"]))
 
 
 def _message(config, dry, est, need: int, have: int, where: str, remedies=None) -> str:
@@ -206,11 +189,3 @@ def _message(config, dry, est, need: int, have: int, where: str, remedies=None) 
     return (f"{config['seeds']} seeds x {dry.grid_points} grid point(s) need about {size(need)}"
             f"{parts}, but {size(have)} of {where}; try " + "; ".join(remedies)
             + " (ENTROPY_SIM_MEMORY_CHECK=0 runs it anyway)")
-
-
-def size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(nbytes) < 1024 or unit == "TB":
-            return f"{nbytes:.3g} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-    return f"{nbytes:.3g} TB"

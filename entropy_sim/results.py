@@ -28,9 +28,6 @@ from entropy_sim import store
 from entropy_sim.config import Config
 from entropy_sim.summary import quantile_name, stats_of
 
-# Column order of metrics tables: identifiers, then the covariance law, then the rest.
-LEADING = ("seed", "step", "entropy", "dH_realized", "dH_pred_cov", "dH_pred_closed", "dH_within",
-           "dH_shift", "return", "return_reg")
 Z_95 = 1.959963984540054
 
 
@@ -109,16 +106,7 @@ class Results:
         return frame if keep.all() else frame[keep].reset_index(drop=True)
 
     def _frame(self) -> pd.DataFrame:
-        num_grid, num_seeds, num_steps = next(iter(self.arrays.values())).shape
-        rows = num_grid * num_seeds * num_steps
-        cols: dict[str, np.ndarray] = {}
-        for name in self.swept[0] if self.swept else ():
-            cols[name] = np.repeat(np.array([p[name] for p in self.swept]), num_seeds * num_steps)
-        cols["seed"] = np.tile(np.repeat(np.arange(num_seeds, dtype=np.int32), num_steps), num_grid)
-        cols["step"] = np.tile(self.steps.astype(np.int32), num_grid * num_seeds)
-        for name in _ordered(self.arrays):
-            cols[name] = self.arrays[name].reshape(rows)
-        return pd.DataFrame(cols)
+        return pd.DataFrame(store.part_columns(self.arrays, self.swept, self.steps))
 
     def summary(self) -> pd.DataFrame:
         """Per grid point, step and metric: ``mean``, ``std``, the 95% confidence interval of the
@@ -177,7 +165,9 @@ def write_rows(results, folder: Path) -> None:
     """The per-seed rows of ``results`` (``Results`` or ``sweeps.SweepResults``) as the Parquet
     parts of ``folder``: parts streamed during the run are linked, rows in memory written (one
     part per run)."""
-    runs = results.runs if hasattr(results, "runs") else [({}, results)]
+    from entropy_sim.sweeps import SweepResults
+
+    runs = results.runs if isinstance(results, SweepResults) else [({}, results)]
     for r, (values, res) in enumerate(runs):
         if res.rows_folder is not None:  # parts hold the static fields of a sweep already
             store.link_parts([(res.rows_folder, r)], folder)
@@ -399,6 +389,4 @@ def check_writable(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
 
 
-def _ordered(arrays) -> list[str]:
-    lead = [c for c in LEADING if c in arrays]
-    return lead + sorted(c for c in arrays if c not in lead)
+_ordered = store.ordered

@@ -31,6 +31,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Column order of metrics tables: identifiers, then the covariance law, then the rest.
+LEADING = ("seed", "step", "entropy", "dH_realized", "dH_pred_cov", "dH_pred_closed", "dH_within",
+           "dH_shift", "return", "return_reg")
 META = b"entropy_sim.part"
 PART = re.compile(r"^part-(\d+)-(\d+)-(\d+)\.parquet$")
 
@@ -47,21 +50,27 @@ def write_table(table: pa.Table | pd.DataFrame, path) -> None:
     os.replace(tmp, path)
 
 
-def part_columns(rows: dict, swept: list[dict], steps: np.ndarray, constants: dict,
-                 order) -> dict[str, np.ndarray]:
+def ordered(names) -> list[str]:
+    """Metric names in the order of the tables: ``LEADING`` first, then the rest sorted."""
+    lead = [c for c in LEADING if c in names]
+    return lead + sorted(c for c in names if c not in lead)
+
+
+def part_columns(rows: dict, swept: list[dict], steps: np.ndarray,
+                 constants: dict | None = None) -> dict[str, np.ndarray]:
     """The flat columns of rows ``{name: [G, N, T]}``: ``constants`` (the static swept fields of a
     run), the traced swept hyperparameters of the ``G`` grid points (``swept``), ``seed``, ``step``
-    (``steps: [T]``) and the metrics in the order ``order(names)``; one row per (g, n, t)."""
+    (``steps: [T]``) and the metrics (``ordered``); one row per (g, n, t): the metrics table."""
     num_grid, num_seeds, num_steps = next(iter(rows.values())).shape
     size = num_grid * num_seeds * num_steps
     cols: dict[str, np.ndarray] = {}
-    for name, value in constants.items():
+    for name, value in (constants or {}).items():
         cols[name] = np.repeat(np.array([value]), size)
     for name in swept[0] if swept else ():
         cols[name] = np.repeat(np.array([p[name] for p in swept]), num_seeds * num_steps)
     cols["seed"] = np.tile(np.repeat(np.arange(num_seeds, dtype=np.int32), num_steps), num_grid)
     cols["step"] = np.tile(np.asarray(steps).astype(np.int32), num_grid * num_seeds)
-    for name in order(rows):
+    for name in ordered(rows):
         cols[name] = rows[name].reshape(size)
     return cols
 
@@ -70,13 +79,11 @@ def write_part(folder, unit: tuple[int, ...], rows: dict, swept: list[dict], ste
                constants: dict | None = None) -> Path:
     """Write one unit's rows ``{name: [G, N, T]}`` as ``folder/part-R-B-C.parquet`` (``unit``
     ``(B, C)`` or ``(R, B, C)``; ``R = 0`` if absent) with its shape in the schema metadata."""
-    from entropy_sim.results import _ordered
-
     run, batch, chunk = (0, *unit) if len(unit) == 2 else unit
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     num_grid, num_seeds, num_steps = next(iter(rows.values())).shape
-    table = pa.table(part_columns(rows, swept, steps, constants or {}, _ordered))
+    table = pa.table(part_columns(rows, swept, steps, constants))
     meta = {"grid": num_grid, "seeds": num_seeds, "steps": num_steps}
     table = table.replace_schema_metadata({META: json.dumps(meta).encode()})
     path = folder / f"part-{run:03d}-{batch:05d}-{chunk:05d}.parquet"
@@ -123,10 +130,10 @@ def read(folder, columns=None, *, seeds=None, steps=None, where: dict | None = N
     for paths in groups.values():
         pieces = [_read_part(p, columns, seeds, steps, where) for p in paths]
         pieces = [p for p in pieces if p is not None]
-        if pieces:
-            names = list(pieces[0])
-            frames.append(pd.DataFrame({k: np.concatenate([p[k] for p in pieces], axis=2).reshape(-1)
-                                        for k in names}))
+        if pieces:  # the chunks of a grid batch side by side along the steps
+            joined = {k: np.concatenate([p[k] for p in pieces], axis=2) if len(pieces) > 1
+                      else pieces[0][k] for k in pieces[0]}
+            frames.append(pd.DataFrame({k: v.reshape(-1) for k, v in joined.items()}))
     if not frames:
         return pd.DataFrame()
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

@@ -174,7 +174,7 @@ def test_a_run_that_cannot_fit_is_refused_with_the_estimate_before_anything_is_b
     monkeypatch.setattr(memory, "available", lambda: (300 * 2 ** 20, None))
     config = es.Config(small_config(seeds=200_000, steps=50, env={"kind": "bandit", "arms": 10}))
     with pytest.raises(ConfigError, match=r"seeds: 200000 seeds .* need about .*state .*"
-                                          r"but 300 MB of memory available.*output = \"summary\""):
+                                          r"but 300.0 MiB of memory available.*output = \"summary\""):
         es.run(config, progress=False)
     monkeypatch.setenv("ENTROPY_SIM_MEMORY_CHECK", "0")
     assert memory.check(config, streamed=True) is None
