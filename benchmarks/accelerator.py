@@ -38,7 +38,7 @@ from pathlib import Path
 import entropy_sim as es  # noqa: F401  (configures XLA before JAX starts)
 import jax
 
-from entropy_sim import runner
+from entropy_sim.engine import runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale  # noqa: E402  (the NumPy reference lives beside this file)

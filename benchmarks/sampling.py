@@ -40,10 +40,11 @@ import jax
 import jax.numpy as jnp
 
 import entropy_sim as es
-from entropy_sim import prng, runner
-from entropy_sim.algorithms import RULES
-from entropy_sim.rules import finish, pg_closed
+from entropy_sim import prng
+from entropy_sim.engine import runner
 from entropy_sim.envs import ContextualBandit
+from entropy_sim.rules.exact import finish, pg_closed
+from entropy_sim.rules.registry import RULES
 from entropy_sim.sampling import Batch, draw_prompts
 
 BATCH = 64

@@ -50,8 +50,9 @@ import entropy_sim as es  # noqa: F401  (configures XLA before JAX starts)
 import jax
 import jax.numpy as jnp
 
-from entropy_sim import runner, sharding, summary
+from entropy_sim.diagnostics import summary
 from entropy_sim.diagnostics import NAN_ALLOWED
+from entropy_sim.engine import runner, sharding
 
 F32 = np.float32
 
@@ -91,7 +92,7 @@ def config(name: str, seeds: int, steps: int, **top) -> dict:
 
 
 # ============================================================================ NumPy reference
-# The engine's maths (softmax.py, diagnostics.py, rules.py, sampled.py, envs/) rewritten on arrays
+# The engine's maths (softmax.py, diagnostics/, rules/, envs/) rewritten on arrays
 # that carry every seed at once. Written once for numpy and jax.numpy (``xp``): the JAX versions
 # are the hand-fused variants of the speed-limit breakdown. Per-state arrays keep their reduced
 # action axis and per-seed values both reduced axes (keepdims), so one code serves two layouts.

@@ -8,8 +8,8 @@ core a run uses every core (sampled REINFORCE on 10,000 seeds: 2x on 2 cores). W
 option, ``JAX_NUM_CPU_DEVICES`` or ``--xla_force_host_platform_device_count``) or JAX will run on
 an accelerator (``JAX_PLATFORMS`` names another platform first, or a GPU or TPU plugin of JAX is
 installed and ``JAX_PLATFORMS`` does not ask for the CPU). Results do not depend on the number of
-devices (``sharding.py``), and JAX's default device stays the first. If JAX started its CPU backend
-before entropy_sim was imported, the count cannot change any more: a warning says so.
+devices (``engine/sharding.py``), and JAX's default device stays the first. If JAX started its CPU
+backend before entropy_sim was imported, the count cannot change any more: a warning says so.
 
 YNN fusions off. jaxlib 0.10 hands reductions to its experimental YNN library fusions by default. For this
 package's workloads (many reductions over a short action axis, batched over thousands of seeds)

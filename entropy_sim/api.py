@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from entropy_sim import compile_cache, memory, provenance
+from entropy_sim import provenance
 from entropy_sim.config import Config
-from entropy_sim.experiment import build
+from entropy_sim.engine import compile_cache, memory
+from entropy_sim.engine.checkpoint import Checkpoint
+from entropy_sim.engine.experiment import build
+from entropy_sim.engine.runner import make_plan, run_arrays
 from entropy_sim.results import Results
-from entropy_sim.checkpoint import Checkpoint
 from entropy_sim.sweeps import SweepResults
-from entropy_sim.runner import make_plan, run_arrays
 
 
 def load_config(path, overrides=()) -> Config:

@@ -8,9 +8,10 @@ the initial policies with their config fields.
 
 from __future__ import annotations
 
-from entropy_sim import diagnostics, envs, objectives, policies, summary
-from entropy_sim.algorithms import RULES
+from entropy_sim import diagnostics, envs, objectives, policies
+from entropy_sim.diagnostics import summary
 from entropy_sim.parts import REQUIRED, Cases, Column, Field, OneOf
+from entropy_sim.rules.registry import RULES
 
 IDENTIFIERS = (Column("seed", "seed index n (full mode)"), Column("step", "step k: the row "
                "describes the update pi_k -> pi_{k+1}"))

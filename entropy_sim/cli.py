@@ -153,10 +153,10 @@ def _run(args) -> int:
     import dataclasses
     import os
 
-    from entropy_sim import compile_cache
     from entropy_sim.api import load_config, run
+    from entropy_sim.engine import compile_cache
+    from entropy_sim.engine.runner import NonFiniteError
     from entropy_sim.results import check_writable
-    from entropy_sim.runner import NonFiniteError
 
     config = load_config(args.config, args.overrides)
     check_writable(args.out, args.overwrite)  # fail before compiling anything

@@ -18,7 +18,7 @@ A config has top-level run settings and three tables, ``[env]``, ``[policy]`` an
 ``ConfigError`` naming the field; the result has every default filled in and is what
 ``config.json`` stores. Every key is declared (``parts.Field``): the top level in ``TOP``, the
 environment kinds in ``envs`` (each module registers its kinds), the initial policies in
-``policies.INITS``, the rules in ``algorithms.RULES``; ``schema.Section`` validates a table from
+``policies.INITS``, the rules in ``rules.RULES``; ``schema.Section`` validates a table from
 its declarations.
 """
 
@@ -34,12 +34,12 @@ from types import MappingProxyType
 import numpy as np
 
 from entropy_sim import envs, policies, sweeps
-from entropy_sim.algorithms import RULES
-from entropy_sim.columns import run_columns
 from entropy_sim.diagnostics import DIAGNOSTICS
+from entropy_sim.diagnostics.columns import run_columns
 from entropy_sim.errors import ConfigError
 from entropy_sim.optim import OPTIMIZERS
 from entropy_sim.parts import REQUIRED, Cases, Field
+from entropy_sim.rules.registry import RULES
 from entropy_sim.schema import Section, names
 
 DTYPES = ("float32", "float64")

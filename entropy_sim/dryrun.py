@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from entropy_sim.algorithms import RULES
 from entropy_sim.config import Config, _resolve_env
-from entropy_sim.columns import run_columns
+from entropy_sim.diagnostics.columns import run_columns
+from entropy_sim.diagnostics.summary import DERIVED
+from entropy_sim.engine.runner import make_plan
 from entropy_sim.errors import ConfigError
 from entropy_sim.results import _ordered
-from entropy_sim.runner import make_plan
-from entropy_sim.summary import DERIVED
+from entropy_sim.rules.registry import RULES
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -117,11 +117,11 @@ class RuleSpec:
     """An update rule and what it declares.
 
     ``fn(theta, opt_state, ev, env, hp, key, opt, **options) -> (theta_next, opt_state, info)``
-    (``rules.py``); ``hparams`` its traced hyperparameters (``hp`` holds them as arrays);
+    (``rules/exact.py``); ``hparams`` its traced hyperparameters (``hp`` holds them as arrays);
     ``options`` its static settings; ``columns`` the keys of ``info`` beyond ``dH_pred_closed``;
     ``checks`` functions ``(values, num_actions) -> None`` over the resolved ``[algo]`` table;
     ``sampled``: the step draws samples; ``pieces``: the objective pieces it is chained from
-    (``objectives.py``), if any; ``init(theta, hp, opt)``: the state the rule carries from step to
+    (``objectives/``), if any; ``init(theta, hp, opt)``: the state the rule carries from step to
     step (its ``opt_state`` argument) before step 0, None for the optimiser's own ``opt.init(theta)``
     (a rule with a KL reference or an adaptive coefficient carries them next to it)."""
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from entropy_sim import store
 from entropy_sim.config import Config
-from entropy_sim.summary import quantile_name, stats_of
+from entropy_sim.diagnostics.summary import quantile_name, stats_of
+from entropy_sim.engine import store
 
 Z_95 = 1.959963984540054
 

@@ -22,9 +22,9 @@ import itertools
 import pandas as pd
 
 from entropy_sim import envs, policies
-from entropy_sim.algorithms import RULES
 from entropy_sim.errors import ConfigError
 from entropy_sim.parts import fields_of
+from entropy_sim.rules.registry import RULES
 
 # Top-level fields that label a result folder as a whole or fix its layout: one value per folder.
 UNSWEPT = {"output": "fixes the files of the result folder",

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from entropy_sim import runner
+from entropy_sim.engine import runner
 from experiments.common import EXPERIMENTS, main
 
 

@@ -28,7 +28,7 @@ positive_weight = Piece(
     hparams=(Hparam("pos_weight", 0.1, "weight of positive samples", low=0.0),),
     advantage=weigh_positives)
 
-es.algorithms.register(policy_rule(
+es.rules.register(policy_rule(
     "grpo_weighted", "GRPO with positive samples down-weighted", group_normalised, ppo_clip,
     positive_weight), replace=True)
 

@@ -105,7 +105,7 @@ def pytest_configure(config):
     file's programs are freed when it ends (``_free_programs_after_each_file``), and a later
     file, or the other worker, that runs the same program loads it (the same executable, so the
     same bits) instead of compiling it again."""
-    from entropy_sim import compile_cache
+    from entropy_sim.engine import compile_cache
 
     if OWNER_VAR not in os.environ:  # the controller, or a run without workers
         config._entropy_sim_cache = tempfile.mkdtemp(prefix="entropy-sim-test-jax-cache-")
@@ -141,7 +141,7 @@ def pytest_sessionfinish(session):
 
 def free_compiled_programs() -> None:
     """Drop every compiled program this process holds (entropy_sim's caches and JAX's)."""
-    from entropy_sim import runner
+    from entropy_sim.engine import runner
 
     runner.clear_compiled()
     gc.collect()

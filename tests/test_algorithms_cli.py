@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from entropy_sim import algorithms, cli, load_config
+from entropy_sim import cli, load_config
 from entropy_sim.dryrun import plan
+from entropy_sim.rules import registry as algorithms
 
 # One swept hyperparameter per rule besides eta: the one that defines the method.
 SWEEPS = {

@@ -19,8 +19,9 @@ import pytest
 
 import entropy_sim as es
 from conftest import ROOT
-from entropy_sim import checkpoint, cli, plotting, runner
+from entropy_sim import cli, plotting
 from entropy_sim.dryrun import plan as dry_plan
+from entropy_sim.engine import checkpoint, runner
 
 STEP_METRICS = {"entropy", "dH_realized", "dH_pred_cov", "dH_within", "dH_shift", "return", "renyi2",
                 "grad_sq_norm", "kl", "kl_quad", "kl_bound", "dz_max"}  # README, "What is logged"

@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import entropy_sim as es  # noqa: E402
-from entropy_sim import algorithms, envs, rules  # noqa: E402
+from entropy_sim import envs  # noqa: E402
+from entropy_sim.rules import registry as algorithms, exact as rules
 
 
 # ----------------------------------------------------------------------------- helpers

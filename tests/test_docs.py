@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import pytest
 
 import entropy_sim as es
-from entropy_sim import algorithms, diagnostics, envs
+from entropy_sim import diagnostics, envs
+from entropy_sim.rules import registry as algorithms
 from conftest import ROOT
 
 THEORY = ROOT / "docs" / "theory.md"

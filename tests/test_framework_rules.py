@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 import entropy_sim as es
-from entropy_sim import algorithms, cli, columns
+from entropy_sim import cli
+from entropy_sim.diagnostics import columns
+from entropy_sim.rules import registry as algorithms
 
 # Each preset, and the knob swept with it.
 SWEPT = {"dapo": ("eps_high", [0.2, 0.28]),

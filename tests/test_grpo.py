@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import entropy_sim as es  # noqa: E402
-from entropy_sim import algorithms, envs, optim, sampling  # noqa: E402
+from entropy_sim import envs, optim, sampling  # noqa: E402
+from entropy_sim.rules import registry as algorithms
 
 
 # --------------------------------------------------------------------------------------------

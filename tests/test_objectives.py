@@ -1,4 +1,4 @@
-"""The policy-optimisation pieces (``objectives.py``), each on a hand-built batch, against
+"""The policy-optimisation pieces (``entropy_sim/objectives/``), each on a hand-built batch, against
 expectations written out here; and their compositions.
 
 The batch: 2 prompts (states 0 and 1 of a 2 x 3 logit table, one token per response) x 4
@@ -253,7 +253,7 @@ def test_dr_grpo_expected_step_is_one_minus_one_over_g_times_exact_pg():
     pi(a_i)] = (1 - 1/G) E[R grad log pi] (the other responses are independent of a_i and
     E[grad log pi] = 0), so the expected logit step is (1 - 1/G) times exact PG's,
     rho(s) pi(a|s) (r(s, a) - V(s)), checked by Monte Carlo within 4.5 standard errors."""
-    from entropy_sim.algorithms import RULES
+    from entropy_sim.rules.registry import RULES
 
     env = contextual_bandit(R.tolist(), [0.3, 0.7])
     theta = jnp.asarray(THETA)
@@ -342,10 +342,10 @@ def test_clip_fraction_columns_count_the_lower_and_upper_bound_cuts_over_the_epo
 
 def test_eps_high_between_minus_one_and_zero_is_refused_naming_the_field():
     from entropy_sim.errors import ConfigError
-    ob._check_eps_high({"eps_high": -1.0}, 3)
-    ob._check_eps_high({"eps_high": [0.0, 0.28]}, 3)
+    ob.surrogates._check_eps_high({"eps_high": -1.0}, 3)
+    ob.surrogates._check_eps_high({"eps_high": [0.0, 0.28]}, 3)
     with pytest.raises(ConfigError, match=r"algo.eps_high\[1\]"):
-        ob._check_eps_high({"eps_high": [0.28, -0.2]}, 3)
+        ob.surrogates._check_eps_high({"eps_high": [0.28, -0.2]}, 3)
 
 
 def test_dual_clip_gives_negative_advantage_tokens_past_c_the_value_c_a_and_no_gradient():

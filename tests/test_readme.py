@@ -33,7 +33,8 @@ def blocks(lang: str) -> list[str]:
 def scratch(tmp_path, monkeypatch):
     """A folder that looks like the repository root, so relative paths in the README work; rules
     and environment kinds a block registers are unregistered afterwards."""
-    from entropy_sim import algorithms, envs
+    from entropy_sim import envs
+    from entropy_sim.rules import registry as algorithms
 
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
     monkeypatch.chdir(tmp_path)
@@ -375,6 +376,39 @@ def test_readme_config_block_is_a_valid_config():
     assert cfg.sweep == {"eta": [0.05, 0.1]}
 
 
+def layout_entries() -> dict[str, str]:
+    """The README's Layout block under ``entropy_sim/``: each entry's head (``api.py, cli.py``,
+    ``rules/``) -> its whole text, continuation lines included."""
+    block = README.split("## Layout", 1)[1].split("```", 2)[1]
+    package = block.split("entropy_sim/\n", 1)[1]
+    entries, head = {}, None
+    for line in package.splitlines():
+        if not line.startswith("  "):  # the next top-level folder
+            break
+        if not line.startswith("   "):
+            head = line[2:].split("  ")[0].strip()
+            entries[head] = line
+        else:
+            entries[head] += " " + line.strip()
+    return entries
+
+
+def test_readme_layout_names_every_module_of_the_package_and_no_other():
+    entries = layout_entries()
+    package = ROOT / "entropy_sim"
+    named = set()
+    for head, text in entries.items():
+        if head.endswith("/"):  # a folder: its modules are named in its text
+            folder = package / head
+            assert folder.is_dir(), head
+            named |= {f"{head}{m}" for m in re.findall(r"\b(\w+\.py)\b", text)}
+        else:
+            named |= {name.strip() for name in head.split(",")}
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
+               if "__pycache__" not in p.parts and not (p.name == "__init__.py" and p.parent != package)}
+    assert named == modules, (sorted(named - modules), sorted(modules - named))
+
+
 def test_readme_image_exists_and_is_small():
     for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
         assert (ROOT / path).exists() and os.path.getsize(ROOT / path) < 400_000
@@ -434,7 +468,7 @@ def test_readme_reference_tables_are_the_declarations():
 
 
 def test_readme_formula_tables_name_every_registered_rule_and_no_other():
-    from entropy_sim.algorithms import RULES
+    from entropy_sim.rules.registry import RULES
 
     exact = README.split("## Update rules")[1].split("## Sampled rules")[0]
     sampled = README.split("## Sampled rules")[1].split("Here `c = ")[0].split("<!-- generated")[0]

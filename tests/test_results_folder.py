@@ -16,7 +16,8 @@ import pytest
 
 import entropy_sim as es
 from conftest import ROOT, small_config
-from entropy_sim import cli, compile_cache, provenance
+from entropy_sim import cli, provenance
+from entropy_sim.engine import compile_cache
 
 TOML = ('seeds = 3\nsteps = 4\n[env]\nkind = "bandit"\nmeans = [1.0, 0.9, 0.1]\n'
         '[algo]\nname = "pg"\neta = 0.4\n')

@@ -6,7 +6,7 @@ import pytest
 
 import entropy_sim as es
 from conftest import small_config
-from entropy_sim import runner, store
+from entropy_sim.engine import runner, store
 
 REQUIRED = ["seed", "step", "entropy", "dH_realized", "dH_pred_cov", "dH_pred_closed", "return",
             "renyi2", "kl", "kl_bound", "grad_sq_norm", "dH_within", "dH_shift"]
@@ -36,8 +36,8 @@ def test_pass_at_k_columns_appear_for_binary_rewards_only():
     ({"name": "temp_reinforce", "eta": 0.1}, [1.0, 0.5, 0.0]),
 ])
 def test_run_columns_are_the_columns_a_run_logs(algo, means):
-    from entropy_sim.algorithms import RULES
-    from entropy_sim.columns import run_columns
+    from entropy_sim.diagnostics.columns import run_columns
+    from entropy_sim.rules.registry import RULES
     res = es.run(small_config(steps=2, seeds=2, pass_at=[1, 3], env={"kind": "bandit", "means": means},
                               algo=algo), progress=False)
     binary = set(means) <= {0.0, 1.0}

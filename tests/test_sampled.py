@@ -27,7 +27,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from entropy_sim import algorithms, diagnostics, envs, optim, prng, sampling  # noqa: E402
+from entropy_sim import diagnostics, envs, optim, prng, sampling  # noqa: E402
+from entropy_sim.rules import registry as algorithms
 
 Z = 5.0  # z-threshold; see the module docstring
 FLOOR = 1e-12  # absolute tolerance only where se == 0 (structural zeros)
@@ -139,7 +140,7 @@ BASELINES = ("none", "mean", "loo", "value")
 
 
 def t4_pg_closed(env, theta, eta):
-    """T4's PG row aggregated as the package documents it (rules.py, docs/theory.md §3.2's
+    """T4's PG row aggregated as the package documents it (rules/exact.py, docs/theory.md §3.2's
     ``within``): ``sum_s d(s) dH(s)`` with ``dH(s) = -eta h d(s) Cov_pi(log pi, pi A)``, i.e. T3
     on the expected ``dz = eta h d pi A``. The occupancy therefore enters squared."""
     log_pi = jax.nn.log_softmax(theta, axis=-1)

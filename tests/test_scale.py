@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import entropy_sim as es
-from entropy_sim import sharding
+from entropy_sim.engine import sharding
 from conftest import ROOT, small_config
 
 SAMPLED = {"seeds": 37, "steps": 12, "chunk_steps": 4,
@@ -78,7 +78,7 @@ def test_summary_mode_matches_the_statistics_of_the_per_seed_run():
 def test_integer_sort_keys_order_like_the_floats_and_invert_bitwise(dtype):
     """The summary's quantiles sort integer keys: their order must be the floats' order (with
     -0 next to +0), and decoding must give back the same bits."""
-    from entropy_sim.summary import from_sort_keys, sort_keys
+    from entropy_sim.diagnostics.summary import from_sort_keys, sort_keys
 
     rng = np.random.default_rng(7)
     tiny = np.finfo(dtype).smallest_subnormal
@@ -148,7 +148,7 @@ import entropy_sim as es, jax
 assert len(jax.devices()) == 4, jax.devices()
 cfg = json.loads(sys.argv[1])
 out = {}
-from entropy_sim import runner
+from entropy_sim.engine import runner
 plan = runner.make_plan(es.build(es.Config({**cfg, "devices": 4})))
 assert plan.layout.mesh.devices.shape == (2, 2), plan.layout.mesh  # grid and seeds both split
 for output in ["full", "summary"]:

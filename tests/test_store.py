@@ -1,7 +1,7 @@
-"""Full mode on disk (entropy_sim/store.py): per-seed rows streamed to Parquet parts chunk by
+"""Full mode on disk (entropy_sim/engine/store.py): per-seed rows streamed to Parquet parts chunk by
 chunk, read back in the order of an in-memory run, selected part by part; resume after a kill
 while a part is written; the statistics over seeds computed on the devices in either mode; and
-runs that cannot fit refused before they start (entropy_sim/memory.py)."""
+runs that cannot fit refused before they start (entropy_sim/engine/memory.py)."""
 
 import json
 import os
@@ -15,7 +15,8 @@ import pytest
 
 import entropy_sim as es
 from conftest import ROOT, small_config
-from entropy_sim import checkpoint, memory, store, summary
+from entropy_sim.diagnostics import summary
+from entropy_sim.engine import checkpoint, memory, store
 from entropy_sim.errors import ConfigError
 
 # Two grid points in two grid batches, four chunks each: eight parts.

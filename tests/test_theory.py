@@ -22,9 +22,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from entropy_sim import algorithms, diagnostics, envs, rules, softmax  # noqa: E402
+from entropy_sim import diagnostics, envs, softmax  # noqa: E402
+from entropy_sim.engine.runner import init_state, step  # noqa: E402
 from entropy_sim.envs.base import policy as env_policy  # noqa: E402
-from entropy_sim.runner import init_state, step  # noqa: E402
+from entropy_sim.rules import registry as algorithms, exact as rules
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ settings such as batch sizes (a new value compiles anew; a new ``hp`` value does
 ``eta`` the step is ``dz = eta * direction``, the textbook rule, and ``info["dH_pred_closed"]`` is
 the rule's T4 closed form aggregated as ``sum_s d(s) dH(s)``. Under any other optimiser the
 closed form does not describe the step; the runner reports it as NaN.
-The runner vmaps rules over seeds and over the hyperparameter grid. ``algorithms.py`` registers
+The runner vmaps rules over seeds and over the hyperparameter grid. ``registry.py`` registers
 each rule with its declarations (``parts.RuleSpec``).
 """
 
@@ -102,7 +102,7 @@ def temp_reinforce(theta, opt_state, ev: Evaluation, env, hp, key, opt, *, batch
 
 # ----------------------------------------------------------------------------- trust regions
 # docs/theory.md §7.4-7.6. These rules set their own step size: they take no eta and apply their
-# logit change as it is (``optimizer = "sgd"`` only, checked in algorithms.py).
+# logit change as it is (``optimizer = "sgd"`` only, checked in registry.py).
 
 BISECTIONS = 60  # halvings of a bracket of e^40 in log eta: far below float64's resolution
 

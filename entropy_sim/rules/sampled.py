@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from entropy_sim import softmax
 from entropy_sim.envs.base import Evaluation
-from entropy_sim.rules import finish, pg_closed
+from entropy_sim.rules.exact import finish, pg_closed
 from entropy_sim.sampling import response_table, score_from_table
 
 Array = jax.Array

@@ -96,8 +96,8 @@ def _per_seed_bytes(config) -> tuple[int, int, int]:
     """``(state bytes per seed and grid point, environment bytes per seed, shared environment
     bytes)`` from a two-seed copy of the experiment, its initial state traced abstractly."""
     from entropy_sim.config import Config
-    from entropy_sim.experiment import build, precision
-    from entropy_sim.runner import init_state
+    from entropy_sim.engine.experiment import build, precision
+    from entropy_sim.engine.runner import init_state
 
     small = config.to_dict()
     small["seeds"] = 2

@@ -24,15 +24,17 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import warnings
 
-from entropy_sim import prng, sharding, store, summary
+from entropy_sim import prng
+from entropy_sim.diagnostics import summary
 from entropy_sim.diagnostics import (NAN_ALLOWED, improvement, pass_at_k, second_order,
                                      step_metrics)
+from entropy_sim.diagnostics.columns import run_columns
+from entropy_sim.diagnostics.summary import DERIVED
+from entropy_sim.engine import sharding, store
+from entropy_sim.engine.experiment import Experiment, precision
 from entropy_sim.envs.base import Evaluation
-from entropy_sim.experiment import Experiment, precision
-from entropy_sim.algorithms import RULES
-from entropy_sim.columns import run_columns
-from entropy_sim.summary import DERIVED
 from entropy_sim.optim import make_optimizer
+from entropy_sim.rules.registry import RULES
 
 Array = jax.Array
 
@@ -175,7 +177,7 @@ def clear_compiled() -> None:
     """Drop every compiled program entropy_sim and JAX hold in this process (the next run
     compiles anew). A long session of unrelated runs (``python -m experiments all``) calls it
     between experiments, so memory holds one experiment's programs, not every one's."""
-    from entropy_sim import experiment
+    from entropy_sim.engine import experiment
 
     for cache in (compiled_chunk, compiled_stats, compiled_init, experiment._over_keys):
         cache.cache_clear()

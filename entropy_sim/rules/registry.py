@@ -2,14 +2,13 @@
 
 Hyperparameters are traced arrays (a list in the config is a sweep axis, compiled once); options
 are static Python values that fix shapes or code paths (a new value compiles a new program).
-Exact rules are written out in ``rules.py``, REINFORCE-type rules in ``sampled.py``; the GRPO
+Exact rules are written out in ``exact.py``, REINFORCE-type rules in ``sampled.py``; the GRPO
 family is chained from pieces (``objectives.py``), one line per rule. ``register`` adds a rule of
 your own (``experiments/custom_rule.py``).
 """
 
 from __future__ import annotations
 
-from entropy_sim import rules, sampled
 from entropy_sim.diagnostics import TEMPERATURE_COLUMNS
 from entropy_sim.objectives import (BATCH_COLUMNS, ETA, adaptive_entropy, aepo_regulariser,
                                     cispo_weight, clip_cov_tokens, dual_clip, dynamic_sampling,
@@ -18,6 +17,7 @@ from entropy_sim.objectives import (BATCH_COLUMNS, ETA, adaptive_entropy, aepo_r
                                     policy_rule, ppo_clip, reference_kl, sapo_gate, sign_weighted,
                                     signed_reward, with_defaults)
 from entropy_sim.parts import Column, Hparam, Option, RuleSpec
+from entropy_sim.rules import exact, sampled
 from entropy_sim.sampling import BASELINES
 
 TAU = Hparam("tau", None, "entropy-regularisation temperature", low=0.0)
@@ -69,24 +69,24 @@ def register(spec: RuleSpec, *, replace: bool = False) -> RuleSpec:
 
 
 for _spec in [
-    RuleSpec("pg", rules.pg, "softmax policy gradient, dz = eta h d pi A", (ETA,)),
-    RuleSpec("npg", rules.npg, "natural policy gradient, dz = eta A", (ETA,)),
-    RuleSpec("pg_entropy", rules.pg, "entropy-regularised PG (Mei et al.), dz = eta h d pi A_tau",
+    RuleSpec("pg", exact.pg, "softmax policy gradient, dz = eta h d pi A", (ETA,)),
+    RuleSpec("npg", exact.npg, "natural policy gradient, dz = eta A", (ETA,)),
+    RuleSpec("pg_entropy", exact.pg, "entropy-regularised PG (Mei et al.), dz = eta h d pi A_tau",
              (ETA, TAU)),
-    RuleSpec("npg_entropy", rules.npg, "entropy-regularised NPG (Cen et al.), dz = eta A_tau",
+    RuleSpec("npg_entropy", exact.npg, "entropy-regularised NPG (Cen et al.), dz = eta A_tau",
              (ETA, TAU)),
-    RuleSpec("temp_reinforce", rules.temp_reinforce,
+    RuleSpec("temp_reinforce", exact.temp_reinforce,
              "REINFORCE on samples at temperature T, score at T = 1 (AEPO Assumption 4.2)",
              (ETA, TEMP),
              (Option("batch", 0, "responses per step; 0 = the exact expected update", minimum=0),),
              TEMPERATURE_COLUMNS),
-    RuleSpec("trust_region", rules.trust_region, "exact KL trust region: dz = eta A with eta "
+    RuleSpec("trust_region", exact.trust_region, "exact KL trust region: dz = eta A with eta "
              "such that sum_s d KL(pi' || pi) = delta (bisection)", (DELTA,), (),
              (ETA_EFF, MULTIPLIER), (_sgd_only,)),
-    RuleSpec("natural_gradient", rules.natural_gradient, "natural gradient with a KL budget: "
+    RuleSpec("natural_gradient", exact.natural_gradient, "natural gradient with a KL budget: "
              "sqrt(2 delta / g F^+ g) F^+ g, the exact Fisher matrix", (DELTA,), (), (ETA_EFF,),
              (_sgd_only,)),
-    RuleSpec("kl_penalty", rules.kl_penalty, "max L - lambda KL (dz = A / lambda), lambda by dual "
+    RuleSpec("kl_penalty", exact.kl_penalty, "max L - lambda KL (dz = A / lambda), lambda by dual "
              "gradient descent or PPO's adaptive rule",
              (DELTA, Hparam("kl_lambda", 1.0, "the multiplier lambda before step 0", low=0.0,
                             low_open=True),
@@ -95,7 +95,7 @@ for _spec in [
              (Option("dual", "gradient", "how lambda moves: gradient (dual descent) | ppo "
                                          "(x2 above 1.5 delta, /2 below delta / 1.5)",
                      choices=("gradient", "ppo")),),
-             (MULTIPLIER, ETA_EFF), (_sgd_only,), init=rules.kl_penalty_init),
+             (MULTIPLIER, ETA_EFF), (_sgd_only,), init=exact.kl_penalty_init),
     _sampled("reinforce", sampled.reinforce,
              "REINFORCE on B sampled responses, with an optional baseline", 64),
     _sampled("sampled_npg", sampled.sampled_npg,

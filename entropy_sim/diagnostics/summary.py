@@ -162,8 +162,8 @@ def stats_of(rows: dict, quantiles: tuple[float, ...], quantile_metrics: tuple[s
     """``over_seeds`` of per-seed rows held on the host, ``{name: [G, N, T]}`` (``nonfinite``
     flags ignored: the rows are checked again), as host arrays: the statistics a run computes on
     its devices chunk by chunk, with the same bits (each step's are computed alone)."""
-    from entropy_sim.experiment import precision
     from entropy_sim.diagnostics import NAN_ALLOWED
+    from entropy_sim.engine.experiment import precision
 
     metrics = {k: v for k, v in rows.items() if k != "nonfinite"}
     with precision(dtype):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from entropy_sim.diagnostics import DIAGNOSTICS, RETURN_REG, STEP_COLUMNS, pass_at_column
+from entropy_sim.diagnostics.summary import DERIVED_COLUMNS
 from entropy_sim.parts import Column, RuleSpec, merge
-from entropy_sim.summary import DERIVED_COLUMNS
 
 
 def run_columns(spec: RuleSpec, config: Mapping, binary: bool) -> tuple[Column, ...]:

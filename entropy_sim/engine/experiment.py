@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from entropy_sim import envs, policies
-from entropy_sim.algorithms import RULES, RuleSpec
 from entropy_sim.config import Config
 from entropy_sim.envs.registry import one_shot_jit
 from entropy_sim.envs.registry import over_keys as _over_keys  # noqa: F401  (tests clear its cache)
+from entropy_sim.rules.registry import RULES, RuleSpec
 
 Array = jax.Array
 
