@@ -173,13 +173,27 @@ def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int):
     return jax.jit(stats)
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_cut(count: int, seeds: int):
+    """The jitted cut of a unit's outputs to its ``count`` real grid points, and the per-seed
+    rows (key ``"seeds"``) to the ``seeds`` real seeds, on the devices: the padding never crosses
+    to the host. One program per unit rather than one eager slice per column."""
+
+    def cut(wanted):
+        return {k: jax.tree.map(lambda x: x[:count, :seeds] if k == "seeds" else x[:count], v)
+                for k, v in wanted.items()}
+
+    return jax.jit(cut)
+
+
 def clear_compiled() -> None:
     """Drop every compiled program entropy_sim and JAX hold in this process (the next run
     compiles anew). A long session of unrelated runs (``python -m experiments all``) calls it
     between experiments, so memory holds one experiment's programs, not every one's."""
     from entropy_sim.engine import experiment
 
-    for cache in (compiled_chunk, compiled_stats, compiled_init, experiment._over_keys):
+    for cache in (compiled_chunk, compiled_stats, compiled_cut, compiled_init,
+                  experiment._over_keys):
         cache.cache_clear()
     jax.clear_caches()
 
@@ -307,11 +321,7 @@ def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
                     wanted["stats"] = compiled_stats(quantiles, plan.layout, plan.grid_rows)(out,
                                                                                              real)
                 del out
-                # Cut to the real grid points and seeds on the devices: the padding never
-                # crosses to the host.
-                wanted = {k: jax.tree.map(lambda x: x[:count, :exp.num_seeds] if k == "seeds"
-                                          else x[:count], v) for k, v in wanted.items()}
-                out = sharding.to_host(wanted)
+                out = sharding.to_host(compiled_cut(count, exp.num_seeds)(wanted))
                 rows = None
                 if full:
                     rows = out["seeds"]

@@ -1,7 +1,7 @@
 """Exact (expected-gradient) update rules for tabular softmax policies. docs/theory.md §3, §4.
 
 Each rule (exact here, REINFORCE-type in ``sampled.py``, the GRPO family chained from pieces in
-``objectives.py``) is one pure, unbatched function
+``entropy_sim.objectives``) is one pure, unbatched function
 
     rule(theta, opt_state, ev, env, hp, key, opt, **options) -> (theta_next, opt_state_next, info)
 

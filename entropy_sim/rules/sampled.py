@@ -1,7 +1,7 @@
 """Sampled update rules of the REINFORCE type: REINFORCE and stochastic NPG. (The GRPO family is
-chained from pieces in ``objectives.py``.)
+chained from pieces in ``entropy_sim.objectives``.)
 
-Same signature as the exact rules (``rules.py``); the static options (``batch``, ``baseline``)
+Same signature as the exact rules (``exact.py``); the static options (``batch``, ``baseline``)
 fix the shapes. Samples come from ``env.sample`` (inverse-CDF draws,
 ``sampling.py``) and enter an update only through per-token weights, so a step costs
 ``O(tokens + S A)``; REINFORCE-type rules on a plain bandit read the same draws as counts and
