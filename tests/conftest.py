@@ -1,6 +1,5 @@
 """Shared test helpers."""
 
-import gc
 import os
 import shutil
 import sys
@@ -140,11 +139,11 @@ def pytest_sessionfinish(session):
 
 
 def free_compiled_programs() -> None:
-    """Drop every compiled program this process holds (entropy_sim's caches and JAX's)."""
+    """Drop every compiled program this process holds (entropy_sim's caches and JAX's) and hand
+    the freed host memory back to the system (``runner.clear_compiled``)."""
     from entropy_sim.engine import runner
 
     runner.clear_compiled()
-    gc.collect()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,10 @@ whose rows stay in memory (no progress folder) computes the same statistics from
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -22,14 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-import warnings
-
 from entropy_sim import prng
 from entropy_sim.diagnostics import summary
 from entropy_sim.diagnostics import (NAN_ALLOWED, improvement, pass_at_k, second_order,
                                      step_metrics)
 from entropy_sim.diagnostics.columns import run_columns
-from entropy_sim.diagnostics.summary import DERIVED
 from entropy_sim.engine import sharding, store
 from entropy_sim.engine.experiment import Experiment, precision
 from entropy_sim.envs.base import Evaluation
@@ -196,6 +196,20 @@ def clear_compiled() -> None:
                   experiment._over_keys):
         cache.cache_clear()
     jax.clear_caches()
+    gc.collect()
+    release_host_memory()
+
+
+def release_host_memory() -> None:
+    """Hand the host memory that is free but still held by the C allocator back to the system
+    (glibc's ``malloc_trim``; nothing elsewhere). glibc keeps freed arrays and executables in its
+    heaps, so without it a process's resident memory only grows from one run to the next: a test
+    worker that ran ``tests/test_envs.py`` held 1.2 GB after freeing everything, 0.4 GB after the
+    trim."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def chunk_budget(lay: sharding.Layout) -> int:
