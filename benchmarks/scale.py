@@ -50,8 +50,7 @@ import entropy_sim as es  # noqa: F401  (configures XLA before JAX starts)
 import jax
 import jax.numpy as jnp
 
-from entropy_sim.diagnostics import summary
-from entropy_sim.diagnostics import NAN_ALLOWED
+from entropy_sim.diagnostics import NAN_ALLOWED, summary
 from entropy_sim.engine import runner, sharding
 
 F32 = np.float32

@@ -26,9 +26,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from entropy_sim import prng
-from entropy_sim.diagnostics import summary
 from entropy_sim.diagnostics import (NAN_ALLOWED, improvement, pass_at_k, second_order,
-                                     step_metrics)
+                                     step_metrics, summary)
 from entropy_sim.diagnostics.columns import run_columns
 from entropy_sim.engine import sharding, store
 from entropy_sim.engine.experiment import Experiment, precision
