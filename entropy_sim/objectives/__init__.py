@@ -36,12 +36,12 @@ from entropy_sim.objectives.advantages import (batch_normalised, dynamic_samplin
                                                group_centred, group_normalised, informative_first,
                                                sign_weighted, signed_reward)
 from entropy_sim.objectives.pieces import (BATCH_COLUMNS, EPS, EPS_HIGH, ETA, GROUP_CHECKS,
-                                           GROUP_OPTIONS, HOOKS, Context, per_token, Piece, Tokens)
-from entropy_sim.objectives.regularisers import (KL_ESTIMATORS, adaptive_entropy, aepo_regulariser,
-                                                 entropy_bonus, EntropyControl, exact_kl,
-                                                 kl_estimate, Reference, reference_kl, RegBatch,
-                                                 token_mean_entropy)
-from entropy_sim.objectives.rule import (mini_batch, policy_rule, policy_step, with_defaults)
+                                           GROUP_OPTIONS, HOOKS, Context, Piece, Tokens, per_token)
+from entropy_sim.objectives.regularisers import (KL_ESTIMATORS, EntropyControl, Reference,
+                                                 RegBatch, adaptive_entropy, aepo_regulariser,
+                                                 entropy_bonus, exact_kl, kl_estimate,
+                                                 reference_kl, token_mean_entropy)
+from entropy_sim.objectives.rule import mini_batch, policy_rule, policy_step, with_defaults
 from entropy_sim.objectives.selections import (COV_TOKENS, FRAC, centred_product, clip_cov_tokens,
                                                drift, dual_clip, forking_tokens, kl_cov_tokens,
                                                quantile_threshold, rank)
@@ -50,14 +50,14 @@ from entropy_sim.objectives.surrogates import (cispo_tokens, cispo_weight, gspo_
                                                sapo_tokens, upper_eps)
 
 __all__ = [
-    "adaptive_entropy", "aepo_regulariser", "BATCH_COLUMNS", "batch_normalised", "centred_product",
-    "cispo_tokens", "cispo_weight", "clip_cov_tokens", "Context", "COV_TOKENS", "drift",
-    "dual_clip", "dynamic_sampling", "entropy_bonus", "entropy_shaping", "EntropyControl", "EPS",
-    "EPS_HIGH", "ETA", "exact_kl", "forking_tokens", "FRAC", "group_centred", "GROUP_CHECKS",
-    "group_normalised", "GROUP_OPTIONS", "gspo_clip", "gspo_tokens", "HOOKS", "informative_first",
-    "kl_cov_tokens", "kl_estimate", "KL_ESTIMATORS", "mini_batch", "per_token", "Piece",
-    "plain_ratio", "policy_rule", "policy_step", "ppo_clip", "ppo_clip_tokens",
-    "quantile_threshold", "rank", "Reference", "reference_kl", "RegBatch", "sapo_gate",
-    "sapo_tokens", "sign_weighted", "signed_reward", "token_mean_entropy", "Tokens", "upper_eps",
-    "with_defaults",
+    "BATCH_COLUMNS", "COV_TOKENS", "EPS", "EPS_HIGH", "ETA", "FRAC", "GROUP_CHECKS",
+    "GROUP_OPTIONS", "HOOKS", "KL_ESTIMATORS", "Context", "EntropyControl", "Piece", "Reference",
+    "RegBatch", "Tokens", "adaptive_entropy", "aepo_regulariser", "batch_normalised",
+    "centred_product", "cispo_tokens", "cispo_weight", "clip_cov_tokens", "drift", "dual_clip",
+    "dynamic_sampling", "entropy_bonus", "entropy_shaping", "exact_kl", "forking_tokens",
+    "group_centred", "group_normalised", "gspo_clip", "gspo_tokens", "informative_first",
+    "kl_cov_tokens", "kl_estimate", "mini_batch", "per_token", "plain_ratio", "policy_rule",
+    "policy_step", "ppo_clip", "ppo_clip_tokens", "quantile_threshold", "rank", "reference_kl",
+    "sapo_gate", "sapo_tokens", "sign_weighted", "signed_reward", "token_mean_entropy",
+    "upper_eps", "with_defaults",
 ]

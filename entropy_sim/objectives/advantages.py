@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from entropy_sim.objectives.pieces import Context, per_token, Piece
+from entropy_sim.objectives.pieces import Context, Piece, per_token
 from entropy_sim.parts import Column, Hparam, Option
 from entropy_sim.sampling import Batch, group_advantage
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from entropy_sim.diagnostics import TEMPERATURE_COLUMNS, temperature_law
 from entropy_sim.envs.base import Evaluation
 from entropy_sim.errors import ConfigError
-from entropy_sim.objectives.pieces import EPS, as_list, Context, per_token, Piece
+from entropy_sim.objectives.pieces import EPS, Context, Piece, as_list, per_token
 from entropy_sim.objectives.surrogates import ppo_clip_tokens
 from entropy_sim.parts import Column, Hparam, Option
 from entropy_sim.sampling import group_advantage

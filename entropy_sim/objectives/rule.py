@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from entropy_sim.envs.base import Evaluation
-from entropy_sim.objectives.pieces import BATCH_COLUMNS, ETA, GROUP_CHECKS, GROUP_OPTIONS, Context, Piece, Tokens
+from entropy_sim.objectives.pieces import (BATCH_COLUMNS, ETA, GROUP_CHECKS, GROUP_OPTIONS,
+                                          Context, Piece, Tokens)
 from entropy_sim.optim import apply_direction
 from entropy_sim.parts import RuleSpec, merge
 

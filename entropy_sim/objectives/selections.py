@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from entropy_sim.errors import ConfigError
-from entropy_sim.objectives.pieces import as_list, Context, Piece, Tokens
+from entropy_sim.objectives.pieces import Context, Piece, Tokens, as_list
 from entropy_sim.parts import Column, Hparam
 
 Array = jax.Array

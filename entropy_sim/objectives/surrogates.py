@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from entropy_sim.errors import ConfigError
-from entropy_sim.objectives.pieces import EPS, EPS_HIGH, as_list, Piece
+from entropy_sim.objectives.pieces import EPS, EPS_HIGH, Piece, as_list
 from entropy_sim.parts import Hparam
 
 Array = jax.Array
