@@ -207,7 +207,7 @@ def release_host_memory() -> None:
     trim."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):  # not glibc (macOS, musl): nothing to do
+    except (AttributeError, OSError, TypeError):  # not glibc (macOS, musl, Windows)
         pass
 
 
