@@ -405,7 +405,8 @@ def test_readme_layout_names_every_module_of_the_package_and_no_other():
         else:
             named |= {name.strip() for name in head.split(",")}
     modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
-               if "__pycache__" not in p.parts and not (p.name == "__init__.py" and p.parent != package)}
+               if "__pycache__" not in p.parts
+               and not (p.name == "__init__.py" and p.parent != package)}
     assert named == modules, (sorted(named - modules), sorted(modules - named))
 
 

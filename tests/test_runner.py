@@ -186,7 +186,7 @@ print(before, resident_mb())
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="malloc_trim is glibc's")
 def test_release_host_memory_returns_freed_heap_pages_to_the_system(root):
-    """293 MB of the 312 MB allocated were freed between live blocks: only a trim gives them back."""
+    """293 MB of the 312 MB allocated were freed between live blocks: only a trim returns them."""
     out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True,
                          check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).stdout
     before, after = map(float, out.split())

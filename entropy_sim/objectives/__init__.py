@@ -14,10 +14,10 @@ One step of a rule built here (docs/theory.md §4 and §5):
                gradient, optax step
     update     what a piece carries to the next step (a KL reference, a coefficient) (Piece.update)
 
-A ``Piece`` declares its hyperparameters, columns and checks (``entropy_sim.parts``) and fills one hook;
-``policy_rule`` chains pieces into an update rule with the signature of every rule
-(``entropy_sim.rules``). GRPO is ``policy_rule("grpo", ..., group_normalised, ppo_clip)``; its variants add
-one piece each, and any combination works without new code:
+A ``Piece`` declares its hyperparameters, columns and checks (``entropy_sim.parts``) and fills
+one hook; ``policy_rule`` chains pieces into an update rule with the signature of every rule
+(``entropy_sim.rules``). GRPO is ``policy_rule("grpo", ..., group_normalised, ppo_clip)``; its
+variants add one piece each, and any combination works without new code:
 
     policy_rule("clip_cov_bonus", "Clip-Cov with an entropy bonus",
                 group_normalised, ppo_clip, clip_cov_tokens, entropy_bonus)
@@ -28,8 +28,8 @@ prompts, ``G`` responses each, ``L`` tokens per response (1 for bandits).
 
 The pieces live by kind: ``pieces`` (the vocabulary: ``Context``, ``Tokens``, ``Piece`` and the
 shared declarations), ``advantages``, ``surrogates``, ``selections`` (token selection and masks),
-``regularisers`` (bonuses, KL to a reference, adaptive entropy, AEPO) and ``rule`` (``policy_rule``).
-Every public name is re-exported here.
+``regularisers`` (bonuses, KL to a reference, adaptive entropy, AEPO) and ``rule``
+(``policy_rule``). Every public name is re-exported here.
 """
 
 from entropy_sim.objectives.advantages import (batch_normalised, dynamic_sampling, entropy_shaping,

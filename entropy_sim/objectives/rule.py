@@ -1,5 +1,5 @@
-"""``policy_rule``: pieces chained into an update rule (the step of docs/theory.md §4 and §5), with
-epochs and mini-batches; ``with_defaults`` sets a piece's defaults.
+"""``policy_rule``: pieces chained into an update rule (the step of docs/theory.md §4 and §5),
+with epochs and mini-batches; ``with_defaults`` sets a piece's defaults.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Hyperparameters are traced arrays (a list in the config is a sweep axis, compiled once); options
 are static Python values that fix shapes or code paths (a new value compiles a new program).
 Exact rules are written out in ``exact.py``, REINFORCE-type rules in ``sampled.py``; the GRPO
-family is chained from pieces (``entropy_sim.objectives``), one line per rule. ``register`` adds a rule of
-your own (``experiments/custom_rule.py``).
+family is chained from pieces (``entropy_sim.objectives``), one line per rule. ``register`` adds a
+rule of your own (``experiments/custom_rule.py``).
 """
 
 from __future__ import annotations
