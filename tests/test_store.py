@@ -167,6 +167,44 @@ def test_ordered_sum_is_the_sum_and_does_not_depend_on_the_other_axes(n):
         np.testing.assert_array_equal(more, got)
 
 
+def test_statistics_over_seeds_have_the_same_bits_whichever_path_computes_them():
+    """``over_seeds`` masks the non-finite rows only when asked (``mask_bad``, mark mode; a run
+    that stops at the first one reads only their counts). On finite rows both paths give the
+    same bits; with a NaN row both count it, and the masked path leaves it out."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    rows = {name: rng.standard_normal((2, 37, 5)).astype(np.float32)
+            for name in ("entropy", "dH_realized", "dH_pred_cov")}
+    real = np.arange(37) < 33  # 4 padding seeds
+
+    def stats(metrics, mask_bad):
+        fn = jax.jit(lambda m, r: summary.over_seeds(m, r, (0.5,), (), ("entropy",), mask_bad))
+        return jax.tree.map(np.asarray, fn(metrics, real))
+
+    masked = stats(rows, True)
+    jax.tree.map(np.testing.assert_array_equal, stats(rows, False), masked)
+    assert (masked["entropy"]["n"] == 33).all() and (masked["nonfinite"]["count"] == 0).all()
+    assert (masked["nonfinite"]["first_seed"] == -1).all()
+    np.testing.assert_allclose(masked["entropy"]["mean"], rows["entropy"][:, :33].mean(1),
+                               rtol=1e-5, atol=1e-6)
+    bad = {**rows, "entropy": rows["entropy"].copy()}
+    bad["entropy"][1, 7, 2] = np.nan
+    bad["entropy"][1, 35, 2] = np.nan  # a padding seed: not counted
+    masked, unmasked = stats(bad, True), stats(bad, False)
+    for out in (masked, unmasked):
+        assert out["nonfinite"]["count"].sum() == 1 and out["nonfinite"]["count"][1, 2] == 1
+        assert out["nonfinite"]["first_seed"][1, 2] == 7
+    assert masked["dH_realized"]["n"][1, 2] == 32 and masked["dH_realized"]["n"][0, 2] == 33
+    assert np.isfinite(masked["entropy"]["mean"]).all()
+    assert unmasked["dH_realized"]["n"][1, 2] == 33 and np.isnan(unmasked["entropy"]["mean"][1, 2])
+    # The statistics of rows held on the host (the 33 real seeds) pick the path from the rows,
+    # the masked one here; the padding seeds changed no bit.
+    host = summary.stats_of({k: v[:, :33] for k, v in bad.items()}, (0.5,), ("entropy",),
+                            "float32")
+    jax.tree.map(np.testing.assert_array_equal, host, masked)
+
+
 def test_a_run_that_cannot_fit_is_refused_with_the_estimate_before_anything_is_built(monkeypatch):
     with pytest.raises(memory.MemoryLimitError) as err:
         es.run(small_config(seeds=10 ** 12), progress=False)

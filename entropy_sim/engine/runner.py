@@ -153,13 +153,14 @@ def compiled_chunk(rule: str, opt_name: str, pass_at: tuple[int, ...], env_per_s
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int):
+def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int, mask_bad: bool):
     """The jitted statistics over seeds ``(out, real) -> {name: {stat: [G, T]}}`` of a chunk's
     per-seed metrics ``out: {name: [G, N, T]}`` on the devices, over the seeds where
     ``real: [N]`` (``summary.over_seeds`` with ``quantiles = (probabilities, metrics)``), in
     summary mode and in full mode with a progress folder. A program of its own, not part of the
     chunk's: it depends only on the columns and their shapes, so runs of any rule with the same
-    columns share it (compiled once)."""
+    columns share it (compiled once). ``mask_bad``: leave the non-finite rows out of the
+    statistics (mark mode); a run that stops at the first one reads only their counts."""
     by_step = NamedSharding(lay.mesh, P(None, None, ("grid", "seeds")))
 
     def stats(out, real):
@@ -167,7 +168,8 @@ def compiled_stats(quantiles: tuple, lay: sharding.Layout, grid_rows: int):
         split = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x[:grid_rows], by_step),
                              out)
         real_all = jax.lax.with_sharding_constraint(real, NamedSharding(lay.mesh, P()))
-        return summary.over_seeds(split, real_all, quantiles[0], NAN_ALLOWED, quantiles[1])
+        return summary.over_seeds(split, real_all, quantiles[0], NAN_ALLOWED, quantiles[1],
+                                  mask_bad)
 
     return jax.jit(stats)
 
@@ -331,8 +333,8 @@ def _run_arrays(exp: Experiment, *, progress: bool, checkpoint) -> Output:
                 state, out = fn(state, env, hp, jnp.asarray(t0, jnp.int32), trips)
                 wanted = {} if not full else {"seeds": out}
                 if not in_memory:
-                    wanted["stats"] = compiled_stats(quantiles, plan.layout, plan.grid_rows)(out,
-                                                                                             real)
+                    stats = compiled_stats(quantiles, plan.layout, plan.grid_rows, collect.mark)
+                    wanted["stats"] = stats(out, real)
                 del out
                 out = sharding.to_host(compiled_cut(count, exp.num_seeds)(wanted))
                 rows = None
