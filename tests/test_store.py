@@ -197,6 +197,8 @@ def test_statistics_over_seeds_have_the_same_bits_whichever_path_computes_them()
         assert out["nonfinite"]["first_seed"][1, 2] == 7
     assert masked["dH_realized"]["n"][1, 2] == 32 and masked["dH_realized"]["n"][0, 2] == 33
     assert np.isfinite(masked["entropy"]["mean"]).all()
+    kept = np.delete(rows["entropy"][1, :33, 2], 7)  # the 32 finite real seeds
+    assert masked["entropy"]["mean"][1, 2] == pytest.approx(kept.mean(dtype=np.float64), rel=1e-5)
     assert unmasked["dH_realized"]["n"][1, 2] == 33 and np.isnan(unmasked["entropy"]["mean"][1, 2])
     # The statistics of rows held on the host (the 33 real seeds) pick the path from the rows,
     # the masked one here; the padding seeds changed no bit.
