@@ -28,7 +28,7 @@ def peak_rss_mb() -> float:
 
 # The quick subset, `python -m pytest -m quick`: a smoke test of the maths, the engine and the
 # command line for development, in under 2 minutes on 2 cores (the full suite, which CI runs,
-# takes about 12). Every test of QUICK_FILES, and the tests named in QUICK_TESTS (every parameter).
+# takes 10 to 13). Every test of QUICK_FILES, and the tests named in QUICK_TESTS (every parameter).
 QUICK_FILES = {
     "test_prng.py",        # the sampler's random bits are JAX's Threefry, bit for bit
     "test_objectives.py",  # the GRPO family's pieces: advantages, clipping, bonuses, composition
