@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.figure
 import matplotlib.pyplot as plt  # without a display, matplotlib picks its Agg backend itself
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 from entropy_sim.results import load
 
@@ -110,45 +113,59 @@ def _words(value) -> str:
 def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
     """Render the standard figure of a result folder into ``out_dir/figures/``: entropy and
     return over training (mean and 2.5-97.5% band over seeds) and predicted against realized
-    entropy change. With ``metrics`` (names of the folder's summary), one panel per metric
-    instead, into ``figures/NAME-NAME.fmt``; an unknown name raises ``ConfigError`` listing
-    the folder's metrics. Returns the written paths."""
+    entropy change, ``figures/overview.fmt``. With ``metrics`` (names of the folder's summary),
+    one panel per metric instead, into ``figures/NAME-NAME.fmt``; an unknown name raises
+    ``ConfigError`` listing the folder's metrics. Returns the written paths."""
+    out = Path(out_dir)
+    fig = figure(out, metrics=metrics)
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    path = figures / f"{'-'.join(metrics) if metrics else 'overview'}.{fmt}"
+    fig.savefig(path, dpi=STYLE["savefig.dpi"], bbox_inches="tight")
+    plt.close(fig)
+    return [path]
+
+
+def figure(out_dir, *, metrics=None) -> matplotlib.figure.Figure:
+    """The figure ``plot_results`` saves, as a matplotlib figure to show or change (in a
+    notebook it shows itself). ``metrics``: one panel per named metric of the folder's summary
+    instead of the standard three."""
     out = Path(out_dir)
     if not (out / "summary.parquet").exists():
         raise FileNotFoundError(f"{out} is not a result folder (no summary.parquet)")
     config = json.loads((out / "config.json").read_text())
     summary = pd.read_parquet(out / "summary.parquet")
-    if metrics:
-        return [_plot_metrics(out, config, summary, list(metrics), fmt)]
-    full = (out / "metrics.parquet").exists()  # a summary-mode folder has no per-seed rows
-    metrics = load(out).read_metrics(["dH_pred_cov", "dH_realized"]) if full else None
-    keys = grid_columns(summary)
-    title = _title(config)
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
     with style():
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-        band_plot(axes[0], summary, "entropy", keys)
-        axes[0].set_title("entropy (mean, 95% of seeds)")
-        band_plot(axes[1], summary, "return", keys)
-        axes[1].set_title("return (mean, 95% of seeds)")
-        if full:
-            law_plot(axes[2], metrics, keys)
+        if metrics:
+            fig = _metrics_figure(config, summary, list(metrics))
         else:
-            band_plot(axes[2], summary, "cov_abs_error", keys)
-            axes[2].set_yscale("log")
-            axes[2].set_ylabel("|realized − predicted ΔH| [nats]")
-            axes[2].set_title("covariance law: error (mean, 95% of seeds)")
-        axes[0].legend(frameon=False)
-        fig.suptitle(f"{title}  ({_words(config['seeds'])} seeds)")
-        path = figures / f"overview.{fmt}"
-        fig.savefig(path)
-        plt.close(fig)
-    return [path]
+            fig = _overview_figure(out, config, summary)
+        fig.suptitle(f"{_title(config)}  ({_words(config['seeds'])} seeds)")
+        _powers_into_labels(fig)
+    return fig
 
 
-def _plot_metrics(out: Path, config: dict, summary: pd.DataFrame, metrics: list[str],
-                  fmt: str) -> Path:
+def _overview_figure(out: Path, config: dict, summary: pd.DataFrame):
+    """Entropy, return and the covariance law (every row of a full folder, else its error)."""
+    full = (out / "metrics.parquet").exists()  # a summary-mode folder has no per-seed rows
+    keys = grid_columns(summary)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    band_plot(axes[0], summary, "entropy", keys)
+    axes[0].set_title("entropy (mean, 95% of seeds)")
+    band_plot(axes[1], summary, "return", keys)
+    axes[1].set_title("return (mean, 95% of seeds)")
+    if full:
+        law_plot(axes[2], load(out).read_metrics(["dH_pred_cov", "dH_realized"]), keys)
+    else:
+        band_plot(axes[2], summary, "cov_abs_error", keys)
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("|realized − predicted ΔH| [nats]")
+        axes[2].set_title("covariance law: error (mean, 95% of seeds)")
+    axes[0].legend(frameon=False)
+    return fig
+
+
+def _metrics_figure(config: dict, summary: pd.DataFrame, metrics: list[str]):
     """One panel per metric (mean and band over seeds, one line per grid point)."""
     from entropy_sim.errors import ConfigError
 
@@ -160,21 +177,43 @@ def _plot_metrics(out: Path, config: dict, summary: pd.DataFrame, metrics: list[
             raise ConfigError("--metrics", f"unknown metric {name!r}{guess}; this folder has: "
                                            f"{', '.join(available)}")
     keys = grid_columns(summary)
-    title = _title(config)
     cols = min(len(metrics), 3)
     rows = -(-len(metrics) // cols)
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
-    with style():
-        fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.8 * rows), squeeze=False)
-        for ax, name in zip(axes.flat, metrics):
-            band = band_plot(ax, summary, name, keys)
-            ax.set_title(f"{name} (mean, {band})")
-        for ax in axes.flat[len(metrics):]:
-            ax.set_visible(False)
-        axes.flat[0].legend(frameon=False)
-        fig.suptitle(f"{title}  ({_words(config['seeds'])} seeds)")
-        path = figures / f"{'-'.join(metrics)}.{fmt}"
-        fig.savefig(path)
-        plt.close(fig)
-    return path
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.8 * rows), squeeze=False,
+                             layout="constrained")
+    for ax, name in zip(axes.flat, metrics):
+        band = band_plot(ax, summary, name, keys)
+        ax.set_title(f"{name} (mean, {band})")
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(frameon=False)
+    return fig
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _powers_into_labels(fig) -> None:
+    """Tick labels of plain numbers: values beyond 1e-3..1e4 in units of a power of ten that
+    the axis label states (``kl (×10⁻⁶)``, ``realized ΔH [10⁻⁴ nats]``), no offset added to the
+    ticks. matplotlib's defaults print long labels (``-0.0004``), which collide on a narrow
+    axis, and the power above the axis, over the panel's title."""
+    for ax in fig.axes:
+        for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            formatter = axis.get_major_formatter()
+            if not ax.get_visible() or not isinstance(formatter, ScalarFormatter):
+                continue  # a log axis, or one the caller formatted
+            formatter.set_useOffset(False)
+            largest = max(abs(limits[0]), abs(limits[1]))
+            power = math.floor(math.log10(largest)) if np.isfinite(largest) and largest else 0
+            if -3 < power < 4:
+                formatter.set_scientific(False)
+                continue
+            axis.set_major_formatter(FuncFormatter(
+                lambda v, _, s=10.0 ** power: f"{v / s:g}".replace("-", "−")))
+            label, tens = axis.get_label_text(), f"10{str(power).translate(_SUPERSCRIPT)}"
+            if label.endswith("]") and "[" in label:  # a unit: "[nats]" -> "[10⁻⁴ nats]"
+                head, unit = label[:-1].rsplit("[", 1)
+                axis.set_label_text(f"{head}[{tens} {unit}]")
+            else:
+                axis.set_label_text(f"{label} (×{tens})")

@@ -6,6 +6,7 @@ Expected numbers are worked out here by hand from the config and the documented 
 (seeds padded to whole blocks, at least two grid rows per compiled call, one compiled program per
 chunk length), then checked against what a real run holds."""
 
+import io
 import logging
 import os
 import re
@@ -355,6 +356,76 @@ def test_plot_draws_the_chosen_metrics_and_names_unknown_ones(tmp_path, capsys):
     assert svg.count("<g id=\"axes_") == 3  # one panel per metric
     status, _, err = main(capsys, "plot", out, "--metrics", ",")
     assert status == 2 and "comma-separated metric names" in err
+
+
+def texts_that_collide(fig) -> list[tuple[str, str]]:
+    """Pairs of texts of a drawn figure whose boxes overlap: tick labels of one axis, or any two
+    texts (tick labels, axis labels, titles, the power of ten of an axis) of different panels or
+    roles, the figure's title included. Empty for a figure that reads."""
+    renderer = fig.canvas.get_renderer()
+    boxes = []  # (owner, text, box)
+
+    def add(owner, text):
+        if text.get_visible() and text.get_text():
+            boxes.append((owner, text.get_text(), text.get_window_extent(renderer).expanded(
+                0.98, 0.9)))  # a pixel of slack: texts that touch are not on top of each other
+
+    for i, ax in enumerate(fig.axes):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            lo, hi = sorted(axis.get_view_interval())
+            slack = 1e-9 * (hi - lo)
+            for j, tick in enumerate(axis.get_major_ticks()):
+                if lo - slack <= tick.get_loc() <= hi + slack:  # the ticks drawn
+                    add(f"{i}:{name}tick{j}", tick.label1)
+            add(f"{i}:{name}label", axis.label)
+            add(f"{i}:{name}power", axis.offsetText)
+        add(f"{i}:title", ax.title)
+    if fig._suptitle is not None:
+        add("suptitle", fig._suptitle)
+    panels = [(f"{i}:", ax.bbox) for i, ax in enumerate(fig.axes) if ax.get_visible()]
+    return ([(a, b) for k, (_, a, box) in enumerate(boxes) for _, b, other in boxes[k + 1:]
+             if box.overlaps(other)]
+            + [(text, f"panel {i[:-1]}") for owner, text, box in boxes for i, panel in panels
+               if not owner.startswith(i) and box.overlaps(panel)])
+
+
+def test_plotted_figures_have_no_text_over_text_and_each_axis_states_its_power_of_ten(tmp_path,
+                                                                                          capsys):
+    # Small step sizes: entropy changes of order 1e-4 (long tick labels under matplotlib's
+    # defaults, which collide on the law's axes) and a KL of order 1e-6 (a power of ten that
+    # matplotlib writes above the axis, over the panel's title). Without a layout engine and
+    # with matplotlib's tick labels, both panels collide.
+    path = write(tmp_path, SMALL.replace("eta = [0.5, 1.0]", "eta = [0.002, 0.004]"))
+    out = tmp_path / "out"
+    assert main(capsys, "run", path, "--out", out, "--quiet")[0] == 0
+    for metrics in (None, ["entropy", "kl", "dz_max", "return"]):
+        fig = plotting.figure(out, metrics=metrics)
+        fig.savefig(io.BytesIO(), format="png", dpi=150, bbox_inches="tight")  # as plot saves it
+        fig.draw_without_rendering()  # the texts' places at the figure's own resolution
+        assert texts_that_collide(fig) == []
+        labels = [axis.label.get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)]
+        assert not [ax for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+                    if axis.offsetText.get_visible() and axis.offsetText.get_text()]
+        plotting.plt.close(fig)
+        # The scale moved into the labels, with the unit where there is one.
+        if metrics is None:
+            assert "realized ΔH [10⁻⁴ nats]" in labels, labels
+        else:
+            assert any(re.fullmatch(r"kl \(×10⁻[⁰¹²³⁴⁵⁶⁷⁸⁹]+\)", label) for label in labels), labels
+    # The values the ticks show are the data's: a tick label times the label's power of ten is
+    # the tick's position.
+    fig = plotting.figure(out, metrics=["kl"])
+    fig.draw_without_rendering()
+    axis = fig.axes[0].yaxis
+    digits = re.search(r"10⁻([⁰¹²³⁴⁵⁶⁷⁸⁹]+)", axis.label.get_text()).group(1)
+    power = int(digits.translate(str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")))
+    shown = [(tick.get_loc(), tick.label1.get_text()) for tick in axis.get_major_ticks()
+             if tick.label1.get_visible() and tick.label1.get_text()]
+    assert len(shown) >= 3
+    for position, text in shown:
+        value = float(text.replace("−", "-")) * 10.0 ** -power
+        assert value == pytest.approx(position, rel=1e-9, abs=1e-12 * 10.0 ** -power)
+    plotting.plt.close(fig)
 
 
 def test_band_falls_back_to_the_confidence_interval_without_quantiles():
