@@ -196,7 +196,7 @@ def token_tree_orders(df: pd.DataFrame) -> tuple[dict, dict]:
 
 
 def main_figure(ctx: Context, rows: pd.DataFrame, table: pd.DataFrame, sign_rate: pd.Series):
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5), layout="constrained")
 
     ax = axes[0, 0]
     rng = np.random.default_rng(0)
@@ -253,7 +253,7 @@ def main_figure(ctx: Context, rows: pd.DataFrame, table: pd.DataFrame, sign_rate
 
 
 def tree_figure(ctx: Context, df: pd.DataFrame, curves: dict, claims: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     ax = axes[0]
     etas = curves["within"].index
     ax.loglog(etas, curves["realized"], "o-", color=OKABE_ITO[0], label="median |realized ΔH|")

@@ -49,7 +49,7 @@ def run(ctx: Context) -> dict[str, float]:
     small = first[first.eta == etas[0]]
     claims["t2_quad_ratio_small_eta"] = float(np.median(small.kl / small.kl_quad))
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
     rows = df.sample(min(len(df), 20000), random_state=0)
     ax = axes[0]
     ax.scatter(rows.renyi2, rows.grad_sq_norm, s=3, alpha=0.3, color=OKABE_ITO[0], rasterized=True,

@@ -132,7 +132,7 @@ def run(ctx: Context) -> dict[str, float]:
     claims["none_fail_significant_drops"] = float(sum(np.sum(o["fail_ci"][1][1:] < o["fail_ci"][0][:-1])
                                                       for o in nobase))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharex=True, layout="constrained")
     for name, (label, colour, style) in RUNS.items():
         o = table[name]
         steps = ctx.runs[name]["steps"]

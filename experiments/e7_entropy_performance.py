@@ -152,7 +152,8 @@ def run(ctx: Context) -> dict[str, float]:
 
 
 def main_figure(ctx: Context, curves: dict, table: pd.DataFrame):
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.3, 1, 1]},
+                             layout="constrained")
     colours = {label: OKABE_ITO[i % len(OKABE_ITO)] for i, label in enumerate(curves)}
     ax = axes[0]
     for i, (label, c) in enumerate(curves.items()):

@@ -160,7 +160,7 @@ def relative_error(g: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def run(ctx: Context) -> dict[str, float]:
     claims: dict[str, float] = {}
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9), layout="constrained")
     axes[1, 2].axis("off")
 
     # 1. clip-higher

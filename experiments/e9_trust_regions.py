@@ -130,7 +130,7 @@ def run(ctx: Context) -> dict[str, float]:
     claims["first_order_error_slope"] = slope(etas, err1.loc[etas].values)
     claims["second_order_error_slope"] = slope(etas, err2.loc[etas].values)
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), layout="constrained")
 
     def per_step(ax, column: str, stat: str, draw: str) -> None:
         """``column``'s ``stat`` over seeds at every step, for each run of the comparison."""

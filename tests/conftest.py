@@ -6,6 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,3 +187,35 @@ def small_config(**top) -> dict:
            "algo": {"name": "pg", "eta": 0.4}}
     cfg.update(top)
     return cfg
+
+
+def texts_that_collide(fig) -> list[tuple[str, str]]:
+    """Pairs of texts of a drawn figure whose boxes overlap: tick labels of one axis, or any two
+    texts (tick labels, axis labels, titles, the power of ten of an axis) of different panels or
+    roles, the figure's title included. Empty for a figure that reads."""
+    renderer = fig.canvas.get_renderer()
+    boxes = []  # (owner, text, box)
+
+    def add(owner, text):
+        if text.get_visible() and text.get_text():
+            boxes.append((owner, text.get_text(), text.get_window_extent(renderer).expanded(
+                0.98, 0.9)))  # a pixel of slack: texts that touch are not on top of each other
+
+    for i, ax in enumerate(fig.axes):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            scale = axis.get_transform().transform  # linear, log, ...: compare where drawn
+            lo, hi = sorted(scale(np.asarray(axis.get_view_interval(), float)))
+            slack = 1e-9 * (hi - lo)
+            for j, tick in enumerate(axis.get_major_ticks()):
+                if lo - slack <= scale(np.asarray([tick.get_loc()], float))[0] <= hi + slack:
+                    add(f"{i}:{name}tick{j}", tick.label1)  # a tick drawn
+            add(f"{i}:{name}label", axis.label)
+            add(f"{i}:{name}power", axis.offsetText)
+        add(f"{i}:title", ax.title)
+    if fig._suptitle is not None:
+        add("suptitle", fig._suptitle)
+    panels = [(f"{i}:", ax.bbox) for i, ax in enumerate(fig.axes) if ax.get_visible()]
+    return ([(a, b) for k, (_, a, box) in enumerate(boxes) for _, b, other in boxes[k + 1:]
+             if box.overlaps(other)]
+            + [(text, f"panel {i[:-1]}") for owner, text, box in boxes for i, panel in panels
+               if not owner.startswith(i) and box.overlaps(panel)])

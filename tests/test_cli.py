@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 import entropy_sim as es
-from conftest import ROOT
+from conftest import ROOT, texts_that_collide
 from entropy_sim import cli, plotting
 from entropy_sim.dryrun import plan as dry_plan
 from entropy_sim.engine import checkpoint, runner
@@ -356,37 +356,6 @@ def test_plot_draws_the_chosen_metrics_and_names_unknown_ones(tmp_path, capsys):
     assert svg.count("<g id=\"axes_") == 3  # one panel per metric
     status, _, err = main(capsys, "plot", out, "--metrics", ",")
     assert status == 2 and "comma-separated metric names" in err
-
-
-def texts_that_collide(fig) -> list[tuple[str, str]]:
-    """Pairs of texts of a drawn figure whose boxes overlap: tick labels of one axis, or any two
-    texts (tick labels, axis labels, titles, the power of ten of an axis) of different panels or
-    roles, the figure's title included. Empty for a figure that reads."""
-    renderer = fig.canvas.get_renderer()
-    boxes = []  # (owner, text, box)
-
-    def add(owner, text):
-        if text.get_visible() and text.get_text():
-            boxes.append((owner, text.get_text(), text.get_window_extent(renderer).expanded(
-                0.98, 0.9)))  # a pixel of slack: texts that touch are not on top of each other
-
-    for i, ax in enumerate(fig.axes):
-        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
-            lo, hi = sorted(axis.get_view_interval())
-            slack = 1e-9 * (hi - lo)
-            for j, tick in enumerate(axis.get_major_ticks()):
-                if lo - slack <= tick.get_loc() <= hi + slack:  # the ticks drawn
-                    add(f"{i}:{name}tick{j}", tick.label1)
-            add(f"{i}:{name}label", axis.label)
-            add(f"{i}:{name}power", axis.offsetText)
-        add(f"{i}:title", ax.title)
-    if fig._suptitle is not None:
-        add("suptitle", fig._suptitle)
-    panels = [(f"{i}:", ax.bbox) for i, ax in enumerate(fig.axes) if ax.get_visible()]
-    return ([(a, b) for k, (_, a, box) in enumerate(boxes) for _, b, other in boxes[k + 1:]
-             if box.overlaps(other)]
-            + [(text, f"panel {i[:-1]}") for owner, text, box in boxes for i, panel in panels
-               if not owner.startswith(i) and box.overlaps(panel)])
 
 
 def test_plotted_figures_have_no_text_over_text_and_each_axis_states_its_power_of_ten(tmp_path,

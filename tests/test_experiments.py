@@ -16,31 +16,46 @@ import json
 import pytest
 
 from experiments.__main__ import cli, select
-from experiments.common import EXPERIMENTS, evaluate, main, module
+from conftest import texts_that_collide
+from experiments.common import EXPERIMENTS, Context, evaluate, main, module
 
 FIRST_HALF = EXPERIMENTS[:5]  # the rest: test_experiments_rest.py
 
 
 def run_quick(names, tmp_path_factory):
-    """``python -m experiments NAMES --quick`` into a scratch folder: (folder, status, output)."""
+    """``python -m experiments NAMES --quick`` into a scratch folder: (folder, status, output,
+    ``{(experiment, figure): texts of the figure that collide}``)."""
     out = tmp_path_factory.mktemp("experiments")
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    collisions = {}
+
+    def savefig(context, fig, stem):
+        fig.draw_without_rendering()
+        collisions[context.name, stem] = texts_that_collide(fig)
+        return saved(context, fig, stem)
+
+    saved = Context.savefig
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Context, "savefig", savefig)
         status = cli([*names, "--quick", "--quiet", "--out", str(out)])
-    return out, status, printed.getvalue()
+    return out, status, printed.getvalue(), collisions
 
 
 def check_command(quick_run, names) -> None:
     """Every experiment of ``names`` ran, every claim held, and the tally says so."""
-    out, status, printed = quick_run
+    out, status, printed, _ = quick_run
     assert status == 0  # every claim within its bounds
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     claims = sum(len(module(name).CHECKS) for name in names)
     assert printed.splitlines()[-1] == f"claims: {claims} hold, 0 fail ({len(names)} experiments)"
 
 
-def check_experiment(out, name) -> None:
-    """The result folder ``out`` of experiment ``name``: claims, figures, runs, no leftovers."""
+def check_experiment(quick_run, name) -> None:
+    """Experiment ``name`` of a quick run: its result folder's claims, figures (no text over
+    another), runs, no leftovers."""
+    out = quick_run[0] / name
+    figures = {stem: texts for (who, stem), texts in quick_run[3].items() if who == name}
+    assert name in figures and not any(figures.values()), figures
     record = json.loads((out / "claims.json").read_text())
     table = record["claims"]
     failed = {k: v for k, v in table.items() if v["holds"] is False}
@@ -70,7 +85,7 @@ def test_readme_command_first_half(quick_run):
 
 @pytest.mark.parametrize("name", FIRST_HALF)
 def test_experiment_claims_hold_at_quick_size(name, quick_run):
-    check_experiment(quick_run[0] / name, name)
+    check_experiment(quick_run, name)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -20,4 +20,4 @@ def test_readme_command_second_half(quick_run):
 
 @pytest.mark.parametrize("name", SECOND_HALF)
 def test_experiment_claims_hold_at_quick_size(name, quick_run):
-    check_experiment(quick_run[0] / name, name)
+    check_experiment(quick_run, name)
