@@ -11,7 +11,7 @@ import json
 import matplotlib
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, texts_that_collide
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,13 +63,20 @@ def code_cells(path) -> list[str]:
                       for line in source.splitlines()) for source in sources]
 
 
-def execute(path) -> dict:
-    """Run every code cell of the notebook in order in one namespace; return the namespace."""
+def execute(path) -> tuple[dict, dict]:
+    """Run every code cell of the notebook in order in one namespace, closing its figures after
+    each cell as a kernel shows them; return the namespace and, per cell that drew figures, the
+    texts of its figures that collide (``conftest.texts_that_collide``)."""
     namespace = {"__name__": "__main__"}
+    collisions = {}
     for i, source in enumerate(code_cells(path)):
         exec(compile(source, f"{path.name}, code cell {i}", "exec"), namespace)
+        for number in plt.get_fignums():
+            fig = plt.figure(number)
+            fig.draw_without_rendering()
+            collisions[f"code cell {i}, figure {number}"] = texts_that_collide(fig)
         plt.close("all")
-    return namespace
+    return namespace, collisions
 
 
 def test_every_notebook_has_checks():
@@ -92,7 +99,8 @@ def test_notebook_runs_at_quick_size_and_its_numbers_hold(path, tmp_path, monkey
     monkeypatch.setenv("ENTROPY_SIM_QUICK", "1")
     monkeypatch.chdir(tmp_path)  # the notebooks write their results under ./results
     with matplotlib.rc_context():  # the notebooks set the package style globally
-        namespace = execute(path)
+        namespace, collisions = execute(path)
+    assert collisions and not any(collisions.values()), collisions  # figures that read
     assert namespace["QUICK"] is True
     results = namespace["RESULTS"]
     assert results.is_relative_to(tmp_path)
