@@ -135,17 +135,17 @@ class DryRun:
         seeds = (f"{cfg['seeds']} (computed as {self.padded_seeds}: blocks of {self.seed_block} "
                  f"seeds; devices: {self.mesh[0]} for grid points x {self.mesh[1]} for seeds)")
         lines = [
-            f"grid: {self.grid_points} point{'s' if self.grid_points != 1 else ''} ({grid})",
+            f"grid: {_count(self.grid_points, 'point')} ({grid})",
             f"seeds: {seeds}",
             f"steps: {cfg['steps']}, logged steps: {self.logged_steps} "
             f"(log_every = {cfg['log_every']})",
             f"chunks: {len(self.chunks)} (steps per chunk: {lengths}); grid batches: "
-            f"{len(self.grid_batches)} of up to {self.grid_batches[0][1]} grid points "
+            f"{len(self.grid_batches)} of up to {_count(self.grid_batches[0][1], 'grid point')} "
             f"({self.grid_rows} rows per compiled call)",
             f"compiled programs: {self.compiled_programs} (the initial state + "
-            f"{len(self.chunk_lengths)} chunk length{'s' if len(self.chunk_lengths) > 1 else ''}), "
-            f"chunk calls: {self.work_units} ({len(self.grid_batches)} grid batches x "
-            f"{len(self.chunks)} chunks)",
+            f"{_count(len(self.chunk_lengths), 'chunk length')}), "
+            f"chunk calls: {self.work_units} ({_count(len(self.grid_batches), 'grid batch')} x "
+            f"{_count(len(self.chunks), 'chunk')})",
             f"metric columns: {len(self.columns)} ({dtype}): {', '.join(self.columns)}",
             f"device memory: {_size(self.device_bytes)} per chunk of per-seed metrics "
             f"({self.grid_rows} grid rows x {self.padded_seeds} seeds x {self.chunk_logged} "
@@ -167,6 +167,11 @@ class DryRun:
                      f"{cfg['seeds']} x {self.num_states} states x {self.num_actions} actions x "
                      f"{size} B)")
         return lines
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``, ``2 grid batches``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('ch', 's')) else 's'}"
 
 
 @dataclasses.dataclass(frozen=True)

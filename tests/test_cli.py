@@ -137,6 +137,17 @@ PLAN = [
 ]
 
 
+def test_dry_run_plan_counts_one_of_a_thing_in_the_singular():
+    lines = dry_plan(es.Config(tomllib.loads(DRY.replace("tau = [0.0, 0.1]", "tau = 0.1")
+                                              .replace("eta = [0.1, 0.2]", "eta = 0.1")
+                                              .replace("chunk_steps = 40", "chunk_steps = 0")
+                                              ))).lines()
+    assert lines[0] == "grid: 1 point (nothing swept)"
+    assert lines[3].endswith("grid batches: 1 of up to 1 grid point (2 rows per compiled call)")
+    assert lines[4] == ("compiled programs: 2 (the initial state + 1 chunk length), chunk calls: 1 "
+                        "(1 grid batch x 1 chunk)")
+
+
 def test_dry_run_prints_the_resolved_config_and_the_plan_and_compiles_and_writes_nothing(tmp_path):
     path = write(tmp_path, DRY)
     out = tmp_path / "out"
