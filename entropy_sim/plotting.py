@@ -7,6 +7,7 @@ spread over seeds, labelled axes with units (nats for entropy).
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 from pathlib import Path
@@ -193,6 +194,13 @@ def _metrics_figure(config: dict, summary: pd.DataFrame, metrics: list[str]):
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
+def _in_units(unit: float, value: float, _position=None) -> str:
+    """A tick label in units of ``unit``: ``-2e-4`` in units of ``1e-4`` is ``−2``; a tick
+    meant to be zero and off by rounding (``-2.7e-20``) is ``0``."""
+    scaled = value / unit
+    return "0" if abs(scaled) < 1e-9 else f"{scaled:g}".replace("-", "−")
+
+
 def _powers_into_labels(fig) -> None:
     """Tick labels of plain numbers: values beyond 1e-3..1e4 in units of a power of ten that
     the axis label states (``kl (×10⁻⁶)``, ``realized ΔH [10⁻⁴ nats]``), no offset added to the
@@ -209,8 +217,7 @@ def _powers_into_labels(fig) -> None:
             if -3 < power < 4:
                 formatter.set_scientific(False)
                 continue
-            axis.set_major_formatter(FuncFormatter(
-                lambda v, _, s=10.0 ** power: f"{v / s:g}".replace("-", "−")))
+            axis.set_major_formatter(FuncFormatter(functools.partial(_in_units, 10.0 ** power)))
             label, tens = axis.get_label_text(), f"10{str(power).translate(_SUPERSCRIPT)}"
             if label.endswith("]") and "[" in label:  # a unit: "[nats]" -> "[10⁻⁴ nats]"
                 head, unit = label[:-1].rsplit("[", 1)

@@ -402,6 +402,7 @@ def test_plotted_figures_have_no_text_over_text_and_each_axis_states_its_power_o
     shown = [(tick.get_loc(), tick.label1.get_text()) for tick in axis.get_major_ticks()
              if tick.label1.get_visible() and tick.label1.get_text()]
     assert len(shown) >= 3
+    assert plotting._in_units(1e-4, -2.7e-20) == "0"  # a zero tick off by rounding reads 0
     for position, text in shown:
         value = float(text.replace("−", "-")) * 10.0 ** -power
         assert value == pytest.approx(position, rel=1e-9, abs=1e-12 * 10.0 ** -power)
