@@ -154,7 +154,7 @@ class DryRun:
         if self.summary_mode:
             lines.append(
                 f"host memory: {_size(self.host_bytes)} of statistics over seeds "
-                f"({self.grid_points} grid points x {self.logged_steps} logged steps x "
+                f"({_count(self.grid_points, 'grid point')} x {self.logged_steps} logged steps x "
                 f"{len(self.columns) + len(DERIVED)} metrics x {self.stats_per_metric} statistics "
                 f"x {size} B, + 8 B of non-finite counts per grid point and step)")
         else:

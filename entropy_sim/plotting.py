@@ -7,7 +7,6 @@ spread over seeds, labelled axes with units (nats for entropy).
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import math
 from pathlib import Path
@@ -17,7 +16,7 @@ import matplotlib.figure
 import matplotlib.pyplot as plt  # without a display, matplotlib picks its Agg backend itself
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FuncFormatter, ScalarFormatter
+from matplotlib.ticker import ScalarFormatter
 
 from entropy_sim.results import load
 
@@ -129,8 +128,10 @@ def plot_results(out_dir, *, fmt: str = "png", metrics=None) -> list[Path]:
 
 def figure(out_dir, *, metrics=None) -> matplotlib.figure.Figure:
     """The figure ``plot_results`` saves, as a matplotlib figure to show or change (in a
-    notebook it shows itself). ``metrics``: one panel per named metric of the folder's summary
-    instead of the standard three."""
+    notebook it shows itself; pyplot holds it until ``plt.close(fig)``). ``metrics``: one panel
+    per named metric of the folder's summary instead of the standard three. Linear axes count
+    in a power of ten their label states where needed (``PowerInLabel``), worked out again at
+    each draw."""
     out = Path(out_dir)
     if not (out / "summary.parquet").exists():
         raise FileNotFoundError(f"{out} is not a result folder (no summary.parquet)")
@@ -141,7 +142,8 @@ def figure(out_dir, *, metrics=None) -> matplotlib.figure.Figure:
             fig = _metrics_figure(config, summary, list(metrics))
         else:
             fig = _overview_figure(out, config, summary)
-        fig.suptitle(f"{_title(config)}  ({_words(config['seeds'])} seeds)")
+        seeds = config["seeds"]
+        fig.suptitle(f"{_title(config)}  ({_words(seeds)} seed{'' if seeds == 1 else 's'})")
         _powers_into_labels(fig)
     return fig
 
@@ -194,33 +196,52 @@ def _metrics_figure(config: dict, summary: pd.DataFrame, metrics: list[str]):
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
-def _in_units(unit: float, value: float, _position=None) -> str:
-    """A tick label in units of ``unit``: ``-2e-4`` in units of ``1e-4`` is ``−2``; a tick
-    meant to be zero and off by rounding (``-2.7e-20``) is ``0``."""
-    scaled = value / unit
-    return "0" if abs(scaled) < 1e-9 else f"{scaled:g}".replace("-", "−")
+class PowerInLabel(ScalarFormatter):
+    """Tick labels of plain numbers, with no offset added; on an axis whose values reach
+    beyond 10⁻³ to 10⁵, in units of a power of ten that the axis label states
+    (``kl (×10⁻⁶)``, ``realized ΔH [10⁻⁴ nats]``). matplotlib's defaults print long labels
+    (``-0.0004``), which collide on a narrow axis, and the power above the axis, over the
+    panel's title. Worked out whenever the ticks are (at each draw), so later limits or a new
+    label are followed; decimals from the tick spacing, as ``ScalarFormatter``'s."""
+
+    def __init__(self):
+        super().__init__(useOffset=False)
+        self.set_scientific(False)
+        self.unit = 1.0
+        self._suffixed = None  # (label as the caller set it, label with the power)
+
+    def set_locs(self, locs):
+        lo, hi = self.axis.get_view_interval()
+        largest = max(abs(lo), abs(hi))
+        power = math.floor(math.log10(largest)) if np.isfinite(largest) and largest else 0
+        power = 0 if -3 <= power <= 4 else power
+        self.unit = 10.0 ** power
+        super().set_locs(np.asarray(locs, float) / self.unit)
+        label = self.axis.get_label_text()
+        if self._suffixed is not None and label == self._suffixed[1]:
+            label = self._suffixed[0]  # the caller's label, before the power was added
+        self._suffixed = (label, with_power(label, power))
+        self.axis.set_label_text(self._suffixed[1])
+
+    def __call__(self, x, pos=None):
+        return super().__call__(x / self.unit, pos)
+
+
+def with_power(label: str, power: int) -> str:
+    """``label`` of an axis counting in ``10**power``: the power goes in front of the unit
+    (``entropy [nats]`` -> ``entropy [10⁻⁴ nats]``), else after the label (``kl (×10⁻⁶)``)."""
+    if power == 0:
+        return label
+    tens = f"10{str(power).translate(_SUPERSCRIPT)}"
+    if label.endswith("]") and "[" in label:
+        head, unit = label[:-1].rsplit("[", 1)
+        return f"{head}[{tens} {unit}]"
+    return f"{label} (×{tens})" if label else f"×{tens}"
 
 
 def _powers_into_labels(fig) -> None:
-    """Tick labels of plain numbers: values beyond 1e-3..1e4 in units of a power of ten that
-    the axis label states (``kl (×10⁻⁶)``, ``realized ΔH [10⁻⁴ nats]``), no offset added to the
-    ticks. matplotlib's defaults print long labels (``-0.0004``), which collide on a narrow
-    axis, and the power above the axis, over the panel's title."""
+    """``PowerInLabel`` on every linear axis of ``fig`` (log axes keep theirs)."""
     for ax in fig.axes:
-        for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-            formatter = axis.get_major_formatter()
-            if not ax.get_visible() or not isinstance(formatter, ScalarFormatter):
-                continue  # a log axis, or one the caller formatted
-            formatter.set_useOffset(False)
-            largest = max(abs(limits[0]), abs(limits[1]))
-            power = math.floor(math.log10(largest)) if np.isfinite(largest) and largest else 0
-            if -3 < power < 4:
-                formatter.set_scientific(False)
-                continue
-            axis.set_major_formatter(FuncFormatter(functools.partial(_in_units, 10.0 ** power)))
-            label, tens = axis.get_label_text(), f"10{str(power).translate(_SUPERSCRIPT)}"
-            if label.endswith("]") and "[" in label:  # a unit: "[nats]" -> "[10⁻⁴ nats]"
-                head, unit = label[:-1].rsplit("[", 1)
-                axis.set_label_text(f"{head}[{tens} {unit}]")
-            else:
-                axis.set_label_text(f"{label} (×{tens})")
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), ScalarFormatter):
+                axis.set_major_formatter(PowerInLabel())

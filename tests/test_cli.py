@@ -402,7 +402,19 @@ def test_plotted_figures_have_no_text_over_text_and_each_axis_states_its_power_o
     shown = [(tick.get_loc(), tick.label1.get_text()) for tick in axis.get_major_ticks()
              if tick.label1.get_visible() and tick.label1.get_text()]
     assert len(shown) >= 3
-    assert plotting._in_units(1e-4, -2.7e-20) == "0"  # a zero tick off by rounding reads 0
+    # Limits and a label the caller sets later are followed when the figure is drawn again.
+    ax = fig.axes[0]
+    ax.set_ylabel("KL")
+    ax.set_ylim(0, 2e-3)
+    fig.draw_without_rendering()
+    assert axis.label.get_text() == "KL"  # 2e-3: plain numbers
+    ticks = [(t.get_loc(), t.label1.get_text()) for t in axis.get_major_ticks()]
+    assert ticks[0][1] == "0.00000" and all(float(text) == pytest.approx(loc, abs=1e-12)
+                                            for loc, text in ticks)
+    ax.set_ylim(-3e-7, 0)
+    fig.draw_without_rendering()
+    assert axis.label.get_text() == "KL (×10⁻⁷)"
+    assert axis.get_major_ticks()[0].label1.get_text() == "−3.0"
     for position, text in shown:
         value = float(text.replace("−", "-")) * 10.0 ** -power
         assert value == pytest.approx(position, rel=1e-9, abs=1e-12 * 10.0 ** -power)
