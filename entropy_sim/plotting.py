@@ -221,7 +221,8 @@ class PowerInLabel(ScalarFormatter):
         if self._suffixed is not None and label == self._suffixed[1]:
             label = self._suffixed[0]  # the caller's label, before the power was added
         self._suffixed = (label, with_power(label, power))
-        self.axis.set_label_text(self._suffixed[1])
+        if self.axis.get_label_text() != self._suffixed[1]:  # unchanged: not stale, no redraw
+            self.axis.set_label_text(self._suffixed[1])
 
     def __call__(self, x, pos=None):
         return super().__call__(x / self.unit, pos)
